@@ -1,0 +1,156 @@
+"""The ``entk`` estimator: build the Jacobians and the empirical NTK explicitly.
+
+J_X = ∂F_X/∂θ comes from ``torch.func.jacrev``; Θ_XY = J_X J_Yᵀ is formed in float64 and
+every component is read off the kernel: D = g_Bᵀ Θ_BA g_A, χ_net,X = Tr Θ_XX. With B = A it
+also returns the spectrum λ_k of Θ and the projections c_k = (v_kᵀ g)²/‖g‖² of the loss
+gradient (mode-resolved P, paper Appendix D.5), with P = Σ_k c_k λ_k / Σ_j λ_j.
+
+This is the ground truth the other estimators are tested against, and only for small
+problems: J has (n·d) × p entries. A problem that would not fit is refused up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from specreach.lnp.estimator import Estimator
+from specreach.lnp.opacus_rules import MUP_READOUTS
+from specreach.lnp.per_sample_norms import group_of
+from specreach.lnp.problem import Batch, MeasurementProblem, forward, output_gradient
+from specreach.lnp.result import ChiNet, LNPResult, assemble_result
+
+
+class EntkParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_memory_gb: float = Field(4.0, gt=0, description="Refuse problems whose Jacobians and kernel need more memory.")
+    chunk_size: int | None = Field(None, ge=1, description="Output rows per vmapped backward (None: all at once).")
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """A batch's flattened outputs' Jacobian J (float64, (n·d) × p) and loss gradient g (n·d)."""
+
+    jacobian: Tensor
+    output_grad: Tensor
+    columns: dict[str, slice]  # parameter name -> its columns of J
+
+
+def entk_memory_bytes(rows_a: int, rows_b: int, num_params: int, itemsize: int) -> int:
+    """Jacobians in the model's dtype and in float64, plus the kernels in float64."""
+    rows = rows_a + rows_b
+    return rows * num_params * (itemsize + 8) + (rows_a * rows_a + rows_a * rows_b) * 8
+
+
+def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size: int | None) -> Linearization:
+    names = list(problem.params)
+    values = tuple(p.detach() for p in problem.params.values())
+
+    def flat_outputs(*param_values: Tensor) -> Tensor:
+        outputs = torch.func.functional_call(problem.model, dict(zip(names, param_values)), _as_args(batch.inputs))
+        return outputs.reshape(-1)
+
+    outputs = forward(problem.model, batch.inputs, which).detach()
+    output_grad = output_gradient(problem.loss_fn, outputs, batch.targets, which).reshape(-1).double()
+    with fixed_mup_width_mults(problem.model):
+        jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
+    rows = outputs.numel()
+    blocks = [j.reshape(rows, -1).double() for j in jacobians]
+    columns, start = {}, 0
+    for name, block in zip(names, blocks):
+        columns[name] = slice(start, start + block.shape[1])
+        start += block.shape[1]
+    return Linearization(torch.cat(blocks, dim=1), output_grad, columns)
+
+
+@contextlib.contextmanager
+def fixed_mup_width_mults(model: torch.nn.Module):
+    """muP readouts read their width multiplier from ``weight.infshape``, which the stand-in
+    tensors of ``functional_call`` do not carry; pin each readout's multiplier while it runs."""
+    readouts = [m for m in model.modules() if isinstance(m, MUP_READOUTS)]
+    for readout in readouts:
+        readout.width_mult = functools.partial(lambda value: value, readout.width_mult())
+    try:
+        yield
+    finally:
+        for readout in readouts:
+            del readout.width_mult
+
+
+def _as_args(inputs) -> tuple:
+    if isinstance(inputs, dict):
+        raise TypeError("estimator 'entk' supports tensor or tuple inputs, not keyword inputs")
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def chi_net_of(lin: Linearization) -> ChiNet:
+    by_group: dict[str, float] = {}
+    for name, cols in lin.columns.items():
+        by_group[group_of(name)] = by_group.get(group_of(name), 0.0) + float(lin.jacobian[:, cols].square().sum())
+    return ChiNet(float(lin.jacobian.square().sum()), by_group=by_group)
+
+
+class Entk(Estimator):
+    name = "entk"
+    Params = EntkParams
+
+    def check_memory(self, problem: MeasurementProblem, rows_a: int, rows_b: int) -> None:
+        num_params = sum(p.numel() for p in problem.params.values())
+        itemsize = next(iter(problem.params.values())).element_size()
+        needed = entk_memory_bytes(rows_a, rows_b, num_params, itemsize)
+        if needed > self.params.max_memory_gb * 2**30:
+            raise ValueError(
+                f"estimator 'entk' would build Jacobians of {rows_a + rows_b} output rows × {num_params} parameters "
+                f"and a {rows_a} × {rows_a + rows_b} kernel: about {needed / 2**30:.1f} GiB, over max_memory_gb="
+                f"{self.params.max_memory_gb:g}. Use estimator='exact' or 'hutchinson', a smaller batch, "
+                "or raise max_memory_gb."
+            )
+
+    def kernel_problem(self, problem: MeasurementProblem) -> tuple[Linearization, Linearization]:
+        """Check the size, then linearize A and B (the same object twice for a full batch)."""
+        with torch.no_grad():
+            rows_a = forward(problem.model, problem.batch_a.inputs, "A").numel()
+            rows_b = 0 if problem.full_batch else forward(problem.model, problem.batch_b.inputs, "B").numel()
+        self.check_memory(problem, rows_a, rows_b)
+        lin_a = linearize(problem, problem.batch_a, "A", self.params.chunk_size)
+        lin_b = lin_a if problem.full_batch else linearize(problem, problem.batch_b, "B", self.params.chunk_size)
+        return lin_a, lin_b
+
+    def measure(self, problem: MeasurementProblem) -> LNPResult:
+        lin_a, lin_b = self.kernel_problem(problem)
+        kernel_ba = lin_b.jacobian @ lin_a.jacobian.T  # Θ_BA
+        grad_dot = float(lin_b.output_grad @ kernel_ba @ lin_a.output_grad)
+        eigenvalues = projections = None
+        if problem.full_batch:
+            eigenvalues, projections = spectrum(kernel_ba, lin_a.output_grad)
+        chi_net_a = chi_net_of(lin_a)
+        batch_b = problem.batch_a if problem.full_batch else problem.batch_b
+        return assemble_result(
+            estimator=self.name,
+            probes=None,
+            grad_dot=grad_dot,
+            chi_loss_a=float(lin_a.output_grad.square().sum()),
+            chi_loss_b=float(lin_b.output_grad.square().sum()),
+            chi_net_a=chi_net_a,
+            chi_net_b=chi_net_a if problem.full_batch else chi_net_of(lin_b),
+            units_a=problem.batch_a.units,
+            units_b=batch_b.units,
+            full_batch=problem.full_batch,
+            eigenvalues=eigenvalues,
+            projections=projections,
+        )
+
+
+def spectrum(kernel: Tensor, output_grad: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Eigenvalues λ_k (descending) of a symmetric PSD kernel and c_k = (v_kᵀ g)² / ‖g‖²."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(kernel)
+    order = torch.argsort(eigenvalues, descending=True)
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+    grad_norm_sq = output_grad.square().sum()
+    projections = (eigenvectors.T @ output_grad).square() / grad_norm_sq if grad_norm_sq > 0 else torch.full_like(eigenvalues, float("nan"))
+    return tuple(eigenvalues.tolist()), tuple(projections.tolist())

@@ -1,0 +1,48 @@
+"""The ``exact`` estimator: χ_net = Σ_i Σ_k ‖∂f_{i,k}/∂θ‖², one backward per output coordinate k.
+
+The backward of Σ_i f_{i,k} has per-sample gradients ∂f_{i,k}/∂θ, whose squared norms come
+from the per-sample-norm tape; all d backwards share one forward. Cost: d backwards per
+batch, so it is meant for small output dimensions (classification, regression). For a
+language model (d = context × vocabulary) use ``hutchinson``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from specreach.lnp.estimator import PerSampleNormEstimator, ProbeAccumulator
+from specreach.lnp.per_sample_norms import PerSampleNormTape
+from specreach.lnp.problem import MeasurementProblem
+from specreach.lnp.result import ChiNet
+
+
+class ExactParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_outputs: int = Field(
+        1024, ge=1, description="Refuse models with more output coordinates per sample than this (one backward each)."
+    )
+
+
+class Exact(PerSampleNormEstimator):
+    name = "exact"
+    Params = ExactParams
+
+    def check(self, outputs_per_sample: int) -> None:
+        if outputs_per_sample > self.params.max_outputs:
+            raise ValueError(
+                f"estimator 'exact' needs one backward pass per output coordinate, and this model has "
+                f"{outputs_per_sample} outputs per sample (limit max_outputs={self.params.max_outputs}); "
+                "use estimator='hutchinson', which needs one backward per probe whatever the output size"
+            )
+
+    def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
+        flat = outputs.reshape(outputs.shape[0], -1)
+        self.check(flat.shape[1])
+        accumulator = ProbeAccumulator(tape, outputs)
+        for coordinate in range(flat.shape[1]):
+            vectors = outputs.new_zeros(flat.shape)
+            vectors[:, coordinate] = 1
+            accumulator.add(vectors.reshape(outputs.shape))
+        total = float(sum(accumulator.per_probe).sum())
+        return ChiNet(total, by_group=accumulator.by_group_floats())

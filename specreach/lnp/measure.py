@@ -1,0 +1,143 @@
+"""The measurement entry points: :func:`measure_lnp` and, for training loops, :func:`measure_lnp_at_step`."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from specreach.lnp.estimator import Estimator
+from specreach.lnp.problem import LossFn, MeasurementProblem, make_batch, trainable_parameters, untouched
+from specreach.lnp.result import LNPResult
+from specreach.plugins import get_plugin_manager
+
+
+def measure_lnp(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch_a: tuple[Any, Any],
+    batch_b: tuple[Any, Any] | None = None,
+    *,
+    estimator: str | Estimator = "exact",
+    probes: int | None = None,
+    generator: torch.Generator | None = None,
+    units_a: int | None = None,
+    units_b: int | None = None,
+    **estimator_options: Any,
+) -> LNPResult:
+    """Measure the LNP components D = ⟨∇L_B, ∇L_A⟩ = L · N · P of ``model`` on two batches.
+
+    Args:
+        model: any ``nn.Module``; θ is its parameters with ``requires_grad=True``. Its per-sample
+            output f_i is ``model(inputs)[i]`` with all trailing dimensions flattened.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the mean-reduced scalar loss.
+        batch_a, batch_b: ``(inputs, targets)`` pairs; ``batch_b=None`` measures the full batch (B = A).
+        estimator: a registered estimator name (``exact``, ``hutchinson``, ``entk``, or a plugin's)
+            or an estimator instance.
+        probes: number of random probes, for estimators that draw them (default: the estimator's).
+        generator: the probes' random generator; the global RNG is never drawn from. Default: a
+            freshly, non-deterministically seeded generator.
+        units_a, units_b: loss-reduction units m for the normalized components; default: the number
+            of target elements (samples, or tokens for sequence targets).
+        estimator_options: the estimator's own parameters (validated by its ``Params`` model).
+
+    The model comes back as it was: parameters, buffers, ``.grad``, train/eval mode, hooks and
+    the global RNG state are untouched. A zero loss gradient gives ``spectral_position = NaN``.
+    """
+    return measure_lnp_at_step(
+        model, loss_fn, batch_a, batch_b, estimator=estimator, probes=probes, generator=generator,
+        units_a=units_a, units_b=units_b, **estimator_options,
+    )
+
+
+def measure_lnp_at_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch_a: tuple[Any, Any],
+    batch_b: tuple[Any, Any] | None = None,
+    *,
+    grad_a: Sequence[Tensor] | Mapping[str, Tensor] | None = None,
+    outputs_a: Tensor | None = None,
+    estimator: str | Estimator = "exact",
+    probes: int | None = None,
+    generator: torch.Generator | None = None,
+    units_a: int | None = None,
+    units_b: int | None = None,
+    **estimator_options: Any,
+) -> LNPResult:
+    """:func:`measure_lnp` for a training loop that already has the step's work on batch A.
+
+    ``grad_a`` is the training step's gradient ∇_θ L_A (e.g. ``[p.grad for p in trainable]`` after
+    ``loss.backward()``, or a name → tensor mapping), so D needs no second backward on A;
+    ``outputs_a`` are the step's outputs (logits), from which L's share of A is taken.
+    """
+    est = resolve_estimator(estimator, estimator_options)
+    params = trainable_parameters(model)
+    problem = MeasurementProblem(
+        model=model,
+        loss_fn=loss_fn,
+        params=params,
+        batch_a=make_batch(batch_a, "a", units_a),
+        batch_b=None if batch_b is None else make_batch(batch_b, "b", units_b),
+        generator=generator if generator is not None else _fresh_generator(),
+        probes=resolve_probes(est, probes),
+        grad_a=None if grad_a is None else _align_gradient(grad_a, params),
+        outputs_a=None if outputs_a is None else outputs_a.detach(),
+    )
+    with untouched(model):
+        return est.measure(problem)
+
+
+def available_estimators() -> list[str]:
+    return list(get_plugin_manager().estimators())
+
+
+def resolve_estimator(estimator: str | Estimator, options: Mapping[str, Any]) -> Estimator:
+    if isinstance(estimator, Estimator):
+        if options:
+            raise TypeError("estimator options go to the estimator's constructor when passing an instance")
+        return estimator
+    registered = get_plugin_manager().estimators()
+    if estimator not in registered:
+        raise ValueError(
+            f"unknown estimator {estimator!r}; registered estimators: {', '.join(registered)}. "
+            "Plugins add more through the 'specreach' entry-point group."
+        )
+    return registered[estimator].component(**options)
+
+
+def resolve_probes(est: Estimator, probes: int | None) -> int | None:
+    if probes is None:
+        return est.default_probes
+    if not est.uses_probes:
+        raise ValueError(f"estimator '{est.name}' draws no probes; leave probes unset")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be a positive integer, got {probes!r}")
+    return probes
+
+
+def _fresh_generator() -> torch.Generator:
+    generator = torch.Generator()
+    generator.seed()  # from the OS, not from the global RNG
+    return generator
+
+
+def _align_gradient(grad_a, params: Mapping[str, nn.Parameter]) -> tuple[Tensor, ...]:
+    if isinstance(grad_a, Mapping):
+        missing = [name for name in params if name not in grad_a]
+        if missing:
+            raise ValueError(f"grad_a has no gradient for trainable parameters {missing[:5]}")
+        grads = [grad_a[name] for name in params]
+    else:
+        grads = list(grad_a)
+    if len(grads) != len(params):
+        raise ValueError(f"grad_a has {len(grads)} tensors for {len(params)} trainable parameters")
+    aligned = []
+    for (name, p), g in zip(params.items(), grads):
+        if g is None:
+            g = torch.zeros_like(p)
+        if g.shape != p.shape:
+            raise ValueError(f"grad_a for {name} has shape {tuple(g.shape)}, the parameter {tuple(p.shape)}")
+        aligned.append(g.detach())
+    return tuple(aligned)
