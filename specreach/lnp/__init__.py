@@ -1,12 +1,15 @@
 """The LNP mathematics: result record, estimator interface, built-in estimators, per-sample norms."""
 
+from specreach.lnp.entk import Entk
 from specreach.lnp.estimator import Estimator, NoParams, PerSampleNormEstimator, ProbeAccumulator
+from specreach.lnp.exact import Exact
+from specreach.lnp.hutchinson import Hutchinson
 from specreach.lnp.measure import available_estimators, measure_lnp, measure_lnp_at_step
 from specreach.lnp.problem import Batch, MeasurementProblem
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 
 __all__ = [
-    "Batch", "ChiNet", "Estimator", "LNPResult", "MeasurementProblem", "NoParams",
+    "Batch", "ChiNet", "Entk", "Estimator", "Exact", "Hutchinson", "LNPResult", "MeasurementProblem", "NoParams",
     "PerSampleNormEstimator", "ProbeAccumulator", "assemble_result", "available_estimators",
     "measure_lnp", "measure_lnp_at_step",
 ]

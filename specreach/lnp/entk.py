@@ -82,6 +82,13 @@ def fixed_mup_width_mults(model: torch.nn.Module):
             del readout.width_mult
 
 
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}"
+        count /= 1024
+
+
 def _as_args(inputs) -> tuple:
     if isinstance(inputs, dict):
         raise TypeError("estimator 'entk' supports tensor or tuple inputs, not keyword inputs")
@@ -106,7 +113,7 @@ class Entk(Estimator):
         if needed > self.params.max_memory_gb * 2**30:
             raise ValueError(
                 f"estimator 'entk' would build Jacobians of {rows_a + rows_b} output rows × {num_params} parameters "
-                f"and a {rows_a} × {rows_a + rows_b} kernel: about {needed / 2**30:.1f} GiB, over max_memory_gb="
+                f"and a {rows_a} × {rows_a + rows_b} kernel: about {human_bytes(needed)}, over max_memory_gb="
                 f"{self.params.max_memory_gb:g}. Use estimator='exact' or 'hutchinson', a smaller batch, "
                 "or raise max_memory_gb."
             )
@@ -123,6 +130,10 @@ class Entk(Estimator):
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:
         lin_a, lin_b = self.kernel_problem(problem)
+        return self.result_from(problem, lin_a, lin_b)
+
+    def result_from(self, problem: MeasurementProblem, lin_a: Linearization, lin_b: Linearization) -> LNPResult:
+        """Every component from the two linearizations (plugins that extend ``entk`` reuse this)."""
         kernel_ba = lin_b.jacobian @ lin_a.jacobian.T  # Θ_BA
         grad_dot = float(lin_b.output_grad @ kernel_ba @ lin_a.output_grad)
         eigenvalues = projections = None

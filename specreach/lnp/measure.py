@@ -8,7 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from specreach.lnp.estimator import Estimator
-from specreach.lnp.problem import LossFn, MeasurementProblem, make_batch, trainable_parameters, untouched
+from specreach.lnp.problem import (
+    LossFn, MeasurementProblem, check_samples_independent, make_batch, trainable_parameters, untouched,
+)
 from specreach.lnp.result import LNPResult
 from specreach.plugins import get_plugin_manager
 
@@ -74,6 +76,7 @@ def measure_lnp_at_step(
     """
     est = resolve_estimator(estimator, estimator_options)
     params = trainable_parameters(model)
+    check_samples_independent(model)
     problem = MeasurementProblem(
         model=model,
         loss_fn=loss_fn,

@@ -127,7 +127,10 @@ class PerSampleNormTape:
             outputs, [call.output for _, call in calls], grad_outputs=vectors,
             retain_graph=True, allow_unused=True,
         )
-        n = outputs.shape[0]
+        with torch.no_grad():  # the norms themselves are never differentiated
+            return self._norms_from(calls, backprops, outputs.shape[0])
+
+    def _norms_from(self, calls, backprops, n: int) -> dict[str, Tensor]:
         norms: dict[str, Tensor] = {}
         summed_grads: dict[int, Tensor] = {}  # per-sample gradients to sum before the norm
         for (owner, call), backprop in zip(calls, backprops):
@@ -152,13 +155,18 @@ def _per_sample(owner: _Owner, call: _Call, backprop: Tensor, materialize: bool)
     if kind in LINEAR_TYPES:
         yield from _linear(module, call, backprop, materialize)
     elif not materialize and kind in NORM_SAMPLERS:
-        for param, norm in NORM_SAMPLERS[kind](module, list(call.args), backprop).items():
+        for param, norm in NORM_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
             yield param, norm, True
     elif kind in GRAD_SAMPLERS:
-        for param, grad in GRAD_SAMPLERS[kind](module, list(call.args), backprop).items():
+        for param, grad in GRAD_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
             yield param, grad, False
     else:
         yield from _vmap_vjp(owner, call, backprop)
+
+
+def _contiguous(args: tuple) -> list:
+    """Opacus's rules ``view`` their inputs (e.g. token ids sliced from a longer window)."""
+    return [a.contiguous() if isinstance(a, Tensor) else a for a in args]
 
 
 def _linear(module: nn.Linear, call: _Call, backprop: Tensor, materialize: bool):
@@ -193,7 +201,6 @@ def _vmap_vjp(owner: _Owner, call: _Call, backprop: Tensor):
         return vjp(grad_output.unsqueeze(0))[0]
 
     in_dims = tuple(0 if b else None for b in batched) + (0,)
-    with torch.no_grad():
-        grads = torch.func.vmap(sample_vjp, in_dims=in_dims, randomness="same")(*call.args, backprop)
+    grads = torch.func.vmap(sample_vjp, in_dims=in_dims, randomness="same")(*call.args, backprop)
     for local, grad in grads.items():
         yield owner.params[local], grad, False

@@ -54,6 +54,17 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
+def check_samples_independent(model: nn.Module) -> None:
+    """Per-sample quantities need f_i to depend on sample i alone; BatchNorm in training mode breaks that."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(
+                f"module '{name}' is a BatchNorm in training mode, which couples the samples of a batch, so "
+                "per-sample Jacobians (and the LNP components) are not defined; measure with the model in eval "
+                "mode (model.eval()), or use LayerNorm/GroupNorm"
+            )
+
+
 def make_batch(batch: Any, which: str, units: int | None) -> Batch:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(f"batch_{which} must be a pair (inputs, targets), got {type(batch).__name__}")

@@ -1,0 +1,51 @@
+"""An independent ground truth: the explicit eNTK in float64, built by a plain autograd loop
+(one ``torch.autograd.grad`` per output coordinate, no torch.func, no hooks) and evaluated
+with numpy, straight from the definitions in lnp-math.md."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def jacobian_and_output_grad(model, loss_fn, inputs, targets):
+    params = [p for p in model.parameters() if p.requires_grad]
+    outputs = model(inputs)
+    flat = outputs.reshape(-1)
+    rows = []
+    for k in range(flat.numel()):
+        grads = torch.autograd.grad(flat[k], params, retain_graph=True, allow_unused=True)
+        rows.append(np.concatenate([
+            (np.zeros(p.numel()) if g is None else g.detach().double().reshape(-1).numpy())
+            for p, g in zip(params, grads)
+        ]))
+    detached = outputs.detach().requires_grad_(True)
+    (output_grad,) = torch.autograd.grad(loss_fn(detached, targets), detached)
+    return np.stack(rows), output_grad.double().reshape(-1).numpy()
+
+
+def lnp_reference(model, loss_fn, batch_a, batch_b=None):
+    j_a, g_a = jacobian_and_output_grad(model, loss_fn, *batch_a)
+    j_b, g_b = (j_a, g_a) if batch_b is None else jacobian_and_output_grad(model, loss_fn, *batch_b)
+    theta_ba = j_b @ j_a.T
+    m_a = batch_a[1].numel()
+    m_b = m_a if batch_b is None else batch_b[1].numel()
+    d = float(g_b @ theta_ba @ g_a)
+    chi_loss_a, chi_loss_b = float(g_a @ g_a), float(g_b @ g_b)
+    chi_net_a, chi_net_b = float((j_a**2).sum()), float((j_b**2).sum())
+    loss_mag = math.sqrt(chi_loss_a * chi_loss_b)
+    net_mag = math.sqrt(chi_net_a * chi_net_b)
+    return {
+        "grad_dot": d,
+        "loss_magnitude": loss_mag,
+        "network_magnitude": net_mag,
+        "spectral_position": d / (loss_mag * net_mag),
+        "loss_magnitude_normalized": loss_mag * math.sqrt(m_a * m_b),
+        "network_magnitude_normalized": net_mag / math.sqrt(m_a * m_b),
+        "chi_loss_a": chi_loss_a,
+        "chi_loss_b": chi_loss_b,
+        "chi_net_a": chi_net_a,
+        "chi_net_b": chi_net_b,
+    }

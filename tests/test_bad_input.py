@@ -1,0 +1,113 @@
+"""Bad input gets a clear error that says what and why."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cases
+from specreach import measure_lnp
+
+
+@pytest.fixture
+def mlp():
+    return cases.build("mlp")
+
+
+def test_non_finite_outputs(mlp):
+    model, loss_fn, (x, y), _ = mlp
+    x = x.clone()
+    x[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="outputs on batch A contain NaN or Inf"):
+        measure_lnp(model, loss_fn, (x, y))
+
+
+def test_non_finite_loss(mlp):
+    model, _, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="loss on batch A is inf"):
+        measure_lnp(model, lambda o, y: F.cross_entropy(o, y) * float("inf"), batch_a)
+
+
+def test_empty_batch(mlp):
+    model, loss_fn, _, batch_b = mlp
+    with pytest.raises(ValueError, match="batch_a is empty"):
+        measure_lnp(model, loss_fn, (torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)), batch_b)
+
+
+def test_batch_not_a_pair(mlp):
+    model, loss_fn, (x, _), _ = mlp
+    with pytest.raises(TypeError, match=r"batch_a must be a pair \(inputs, targets\)"):
+        measure_lnp(model, loss_fn, x)
+
+
+def test_loss_not_a_scalar(mlp):
+    model, _, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="scalar .* reduction='mean'"):
+        measure_lnp(model, lambda o, y: F.cross_entropy(o, y, reduction="none"), batch_a)
+
+
+def test_no_trainable_parameters(mlp):
+    model, loss_fn, batch_a, _ = mlp
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        measure_lnp(model, loss_fn, batch_a)
+
+
+def test_unknown_estimator_lists_the_registered_ones(mlp):
+    model, loss_fn, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="unknown estimator 'exakt'.*entk, exact, hutchinson"):
+        measure_lnp(model, loss_fn, batch_a, estimator="exakt")
+
+
+@pytest.mark.parametrize("probes", [0, -3, 1.5])
+def test_probes_must_be_positive(mlp, probes):
+    model, loss_fn, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="probes must be a positive integer"):
+        measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=probes)
+
+
+def test_probes_for_an_estimator_without_probes(mlp):
+    model, loss_fn, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="'exact' draws no probes"):
+        measure_lnp(model, loss_fn, batch_a, estimator="exact", probes=4)
+
+
+def test_exact_refuses_large_outputs_and_suggests_hutchinson():
+    model, loss_fn, batch_a, _ = cases.build("llama")  # 5 tokens × 11 classes = 55 outputs
+    with pytest.raises(ValueError, match="55 outputs per sample.*use estimator='hutchinson'"):
+        measure_lnp(model, loss_fn, batch_a, estimator="exact", max_outputs=50)
+
+
+def test_unknown_estimator_option(mlp):
+    model, loss_fn, batch_a, _ = mlp
+    with pytest.raises(ValueError, match="max_output"):
+        measure_lnp(model, loss_fn, batch_a, estimator="exact", max_output=5)
+
+
+def test_entk_refuses_a_kernel_that_does_not_fit_and_says_how_big(mlp):
+    model, loss_fn, batch_a, _ = mlp
+    # Batch A: 5 samples × 3 classes = 15 rows; with B the kernels are 15 × 30.
+    with pytest.raises(ValueError, match=r"30 output rows × 99 parameters and a 15 × 30 kernel: about [0-9.]+ KiB, over max_memory_gb"):
+        measure_lnp(model, loss_fn, batch_a, batch_a, estimator="entk", max_memory_gb=1e-9)
+
+
+def test_model_returning_a_tuple(mlp):
+    _, loss_fn, batch_a, _ = mlp
+
+    class TupleModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.linear(x), x
+
+    with pytest.raises(TypeError, match="returned tuple on batch A"):
+        measure_lnp(TupleModel(), loss_fn, batch_a)
+
+
+def test_in_place_change_of_a_recorded_output_is_detected(mlp):
+    _, loss_fn, batch_a, _ = mlp
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
+    with pytest.raises(RuntimeError, match="module '0' was modified in place"):
+        measure_lnp(model, loss_fn, batch_a)
