@@ -73,9 +73,9 @@ def test_probes_for_an_estimator_without_probes(mlp):
 
 
 def test_exact_refuses_large_outputs_and_suggests_hutchinson():
-    model, loss_fn, batch_a, _ = cases.build("llama")  # 5 tokens × 11 classes = 55 outputs
-    with pytest.raises(ValueError, match="55 outputs per sample.*use estimator='hutchinson'"):
-        measure_lnp(model, loss_fn, batch_a, estimator="exact", max_outputs=50)
+    model, loss_fn, batch_a, _ = cases.build("llama")  # probes live on the head input: 5 tokens × 8 hidden = 40
+    with pytest.raises(ValueError, match="40 per sample for this model.*use estimator=.hutchinson."):
+        measure_lnp(model, loss_fn, batch_a, estimator="exact", max_outputs=39)
 
 
 def test_unknown_estimator_option(mlp):

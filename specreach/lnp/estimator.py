@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
+from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.problem import (
     Batch, MeasurementProblem, forward, gradient_dot, loss_of, output_gradient, squared_norm,
 )
@@ -103,30 +103,3 @@ class PerSampleNormEstimator(Estimator):
             finally:
                 tape.clear()
         return squared_norm(output_grad), chi_net, grad
-
-
-class ProbeAccumulator:
-    """Sums the per-sample squared norms of a series of probe backwards, on the device.
-
-    ``per_probe[k, i]`` is probe k's Σ_p ‖∂(r_kiᵀ f_i)/∂p‖² for sample i; ``by_group`` sums
-    each top-level submodule's share over probes and samples. Nothing is synchronized with
-    the host until :meth:`by_group_floats`.
-    """
-
-    def __init__(self, tape: PerSampleNormTape, outputs: Tensor):
-        self.tape, self.outputs = tape, outputs
-        self.per_probe: list[Tensor] = []
-        self.by_group: dict[str, Tensor] = {}
-
-    def add(self, vectors: Tensor) -> None:
-        norms = self.tape.squared_norms(self.outputs, vectors)
-        total = torch.zeros(self.outputs.shape[0], dtype=torch.float64, device=self.outputs.device)
-        for name, value in norms.items():
-            value = value.double()
-            total += value
-            group = group_of(name)
-            self.by_group[group] = self.by_group.get(group, 0.0) + value.sum()
-        self.per_probe.append(total)
-
-    def by_group_floats(self, scale: float = 1.0) -> dict[str, float]:
-        return {group: float(value) * scale for group, value in self.by_group.items()}

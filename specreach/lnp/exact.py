@@ -11,8 +11,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from specreach.lnp.estimator import PerSampleNormEstimator, ProbeAccumulator
+from specreach.lnp.estimator import PerSampleNormEstimator
 from specreach.lnp.per_sample_norms import PerSampleNormTape
+from specreach.lnp.probes import ProbeAccumulator
 from specreach.lnp.problem import MeasurementProblem
 from specreach.lnp.result import ChiNet
 
@@ -28,21 +29,18 @@ class Exact(PerSampleNormEstimator):
     name = "exact"
     Params = ExactParams
 
-    def check(self, outputs_per_sample: int) -> None:
-        if outputs_per_sample > self.params.max_outputs:
-            raise ValueError(
-                f"estimator 'exact' needs one backward pass per output coordinate, and this model has "
-                f"{outputs_per_sample} outputs per sample (limit max_outputs={self.params.max_outputs}); "
-                "use estimator='hutchinson', which needs one backward per probe whatever the output size"
-            )
-
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
-        flat = outputs.reshape(outputs.shape[0], -1)
-        self.check(flat.shape[1])
         accumulator = ProbeAccumulator(tape, outputs)
-        for coordinate in range(flat.shape[1]):
-            vectors = outputs.new_zeros(flat.shape)
+        coordinates = accumulator.coordinates
+        if coordinates > self.params.max_outputs:
+            raise ValueError(
+                f"estimator 'exact' needs one backward pass per output coordinate: {coordinates} per sample "
+                f"for this model (limit max_outputs={self.params.max_outputs}); use estimator='hutchinson', "
+                "which needs one backward per probe whatever the output size"
+            )
+        n = outputs.shape[0]
+        for coordinate in range(coordinates):
+            vectors = outputs.new_zeros(n, coordinates)
             vectors[:, coordinate] = 1
-            accumulator.add(vectors.reshape(outputs.shape))
-        total = float(sum(accumulator.per_probe).sum())
-        return ChiNet(total, by_group=accumulator.by_group_floats())
+            accumulator.add(vectors.reshape(accumulator.probe_shape))
+        return accumulator.summed()

@@ -7,6 +7,10 @@ unbiased estimate of χ_net; the estimate is their mean over K probes. Drawing r
 Standard error: the samples' estimates are independent, so Var(χ̂) = Σ_i Var(s_i)/K, with each
 Var(s_i) estimated from that sample's K probe values (needs K ≥ 2; NaN for K = 1).
 
+For a language model the output layer's share of χ_net is computed exactly and the probes
+are drawn in the head's input space (``specreach.lnp.probes``), so only the layers below the
+head carry probe noise.
+
 Default K = 8. Each probe costs about half a training step (an activation-only backward
 sharing one forward), so K = 8 keeps a cross-batch measurement near ten training steps.
 The relative error falls like 1/√K and, with n samples of a batch contributing
@@ -17,15 +21,13 @@ with K = 8 has a few percent relative error, and averaging within measurement wi
 
 from __future__ import annotations
 
-import math
-
-import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from specreach.lnp.estimator import PerSampleNormEstimator, ProbeAccumulator
+from specreach.lnp.estimator import PerSampleNormEstimator
 from specreach.lnp.per_sample_norms import PerSampleNormTape
-from specreach.lnp.problem import MeasurementProblem, rademacher
+from specreach.lnp.probes import ProbeAccumulator
+from specreach.lnp.problem import MeasurementProblem
 from specreach.lnp.result import ChiNet
 
 DEFAULT_PROBES = 8
@@ -42,13 +44,7 @@ class Hutchinson(PerSampleNormEstimator):
     default_probes = DEFAULT_PROBES
 
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
-        probes = problem.probes
         accumulator = ProbeAccumulator(tape, outputs)
-        for _ in range(probes):
-            accumulator.add(rademacher(outputs, problem.generator))
-        per_probe = torch.stack(accumulator.per_probe)  # (K, n)
-        value = float(per_probe.sum(dim=1).mean())
-        stderr = math.nan
-        if probes > 1:
-            stderr = math.sqrt(float(per_probe.var(dim=0, correction=1).sum()) / probes)
-        return ChiNet(value, stderr, accumulator.by_group_floats(1.0 / probes))
+        for _ in range(problem.probes):
+            accumulator.add_rademacher(problem.generator)
+        return accumulator.averaged()

@@ -113,9 +113,22 @@ class PerSampleNormTape:
 
         return record
 
-    def squared_norms(self, outputs: Tensor, vectors: Tensor) -> dict[str, Tensor]:
-        """Per-sample ``‖∂(Σ_i vectors_iᵀ outputs_i)/∂p‖²`` for each trainable parameter name."""
-        calls = [(owner, call) for owner in self._owners for call in owner.calls]
+    def linear_readout(self, outputs: Tensor) -> "LinearReadout | None":
+        """The linear layer that produced ``outputs`` itself, if there is one (an LM's head)."""
+        for owner in self._owners:
+            if (type(owner.module) in LINEAR_TYPES and len(owner.calls) == 1 and owner.calls[0].output is outputs
+                    and not any(id(p) in self._shared for p in owner.params.values())):
+                return LinearReadout(owner, self.param_names)
+        return None
+
+    def squared_norms(self, outputs: Tensor, vectors: Tensor, skip: "LinearReadout | None" = None) -> dict[str, Tensor]:
+        """Per-sample ``‖∂(Σ_i vectors_iᵀ outputs_i)/∂p‖²`` for each trainable parameter name.
+
+        ``outputs`` may be any recorded tensor, e.g. a readout's input; ``skip`` leaves that
+        readout's own parameters out (their share is computed in closed form).
+        """
+        calls = [(owner, call) for owner in self._owners for call in owner.calls
+                 if skip is None or owner is not skip.owner]
         for owner, call in calls:
             if call.output._version != call.version:
                 raise RuntimeError(
@@ -128,7 +141,7 @@ class PerSampleNormTape:
             retain_graph=True, allow_unused=True,
         )
         with torch.no_grad():  # the norms themselves are never differentiated
-            return self._norms_from(calls, backprops, outputs.shape[0])
+            return self._norms_from(calls, backprops, vectors.shape[0])
 
     def _norms_from(self, calls, backprops, n: int) -> dict[str, Tensor]:
         norms: dict[str, Tensor] = {}
@@ -146,6 +159,51 @@ class PerSampleNormTape:
         for pid, grads in summed_grads.items():
             norms[self.param_names[pid]] = grads.reshape(n, -1).square().sum(dim=1)
         return norms
+
+
+class LinearReadout:
+    """A linear layer whose output is the model's output, f_t = W (c·a_t) + b at each position t.
+
+    Its own share of χ_net needs no probe: ∂f_{t,v}/∂W = e_v (c·a_t)ᵀ, so per sample
+    Σ_{t,v} ‖·‖² = d_out Σ_t ‖c·a_t‖², and the bias adds d_out·T. Below it, a probe r on
+    the outputs reaches the readout's input as u_t = c·Wᵀr_t with E[u_t u_tᵀ] = c² WᵀW; drawing
+    u_t = c·S z_t with S Sᵀ = WᵀW and z over d_in coordinates gives the same expectation for every
+    parameter below. For a language model head (d_in = hidden ≪ d_out = vocabulary) this removes
+    the largest backward and the largest per-sample norm from every probe.
+    """
+
+    def __init__(self, owner: _Owner, param_names: dict[int, str]):
+        self.owner = owner
+        self.module = owner.module
+        self.param_names = param_names
+        call = owner.calls[0]
+        self.input = call.args[0]
+        scale = opacus_rules.readout_input_scale(self.module) if isinstance(self.module, opacus_rules.MUP_READOUTS) else 1.0
+        self.scale = scale
+        self.positions = call.output[0].numel() // self.module.out_features
+
+    def worthwhile(self) -> bool:
+        return self.module.in_features < self.module.out_features and self.input.requires_grad
+
+    def squared_norms(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            n = self.input.shape[0]
+            inputs = self.input.reshape(n, -1, self.module.in_features).double() * self.scale
+            norms = {}
+            if self.module.weight.requires_grad:
+                norms[self.param_names[id(self.module.weight)]] = self.module.out_features * inputs.square().sum(dim=(1, 2))
+            if self.module.bias is not None and self.module.bias.requires_grad:
+                norms[self.param_names[id(self.module.bias)]] = inputs.new_full(
+                    (n,), float(self.module.out_features * self.positions))
+            return norms
+
+    def input_mixing(self) -> Tensor:
+        """c·Sᵀ with S Sᵀ = WᵀW (eigen-decomposition; W may be rank-deficient, e.g. zero-initialized)."""
+        with torch.no_grad():
+            weight = self.module.weight.double()
+            eigenvalues, eigenvectors = torch.linalg.eigh(weight.T @ weight)
+            root = eigenvectors * eigenvalues.clamp(min=0).sqrt()
+            return (self.scale * root.T).to(self.input.dtype)
 
 
 def _per_sample(owner: _Owner, call: _Call, backprop: Tensor, materialize: bool):

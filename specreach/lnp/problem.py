@@ -143,12 +143,6 @@ def gradient_dot(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> float:
                      for a, b in zip(grads_a, grads_b))
 
 
-def rademacher(like: Tensor, generator: torch.Generator) -> Tensor:
-    """±1 entries, independent per sample and coordinate, from the measurement's own generator."""
-    bits = torch.randint(0, 2, like.shape, generator=generator, device=generator.device)
-    return (bits.to(device=like.device, dtype=like.dtype) * 2 - 1)
-
-
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
     """Measuring leaves no trace: global RNG states and buffers (e.g. BatchNorm statistics) are restored."""

@@ -1,0 +1,202 @@
+"""Cost of an LNP measurement against a training step, in one process.
+
+Model: the performance notes' Llama (vocab 4096, hidden 96, 4 layers, FF 256, 2 heads,
+untied head, nn.RMSNorm), batch 32, context 128, float32. Prints seconds and ratios to a
+plain training step (forward, cross-entropy backward, AdamW):
+
+- specreach: one Hutchinson probe (given the forward), and a full cross-batch measurement
+  with K probes per batch reusing the step's gradient on A (``measure_lnp_at_step``);
+- straightforward: Opacus ``GradSampleModule`` materializing per-sample gradients, a fresh
+  forward per probe, and separate gradient passes for D on A and on B;
+- peak tensor memory (allocations traced by the autograd profiler) of a training step and
+  of a measurement.
+
+    python benchmarks/lnp_cost.py [--probes 8] [--repeats 5] [--device cuda] [--paper-scale]
+
+``--paper-scale`` uses the paper's 15.5M-parameter SimpleStories model at context 512.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+
+from specreach import measure_lnp_at_step
+from specreach.lnp.per_sample_norms import PerSampleNormTape
+from specreach.lnp.probes import ProbeAccumulator, rademacher
+from specreach.models.llama import Llama, LlamaConfig
+
+
+def token_cross_entropy(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats, device):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(fn, device):
+    """Peak of live tensor memory allocated by ``fn`` above what existed when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        fn()
+    changes = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage) for e in prof.function_events if e.self_cpu_memory_usage
+    )
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak
+
+
+def straightforward_chi_net(gsm, inputs, probes, generator):
+    """A fresh forward per probe; Opacus materializes every per-sample gradient."""
+    estimates = []
+    for _ in range(probes):
+        outputs = gsm(inputs)
+        (outputs * rademacher(outputs.shape, generator, outputs)).sum().backward()
+        per_sample = torch.zeros(inputs.shape[0], device=inputs.device)
+        for p in gsm.parameters():
+            per_sample += p.grad_sample.reshape(inputs.shape[0], -1).square().sum(1)
+            p.grad_sample = None
+            p.grad = None
+        estimates.append(per_sample.sum())
+    return torch.stack(estimates).mean()
+
+
+def straightforward_measurement(gsm, batch_a, batch_b, probes, generator):
+    grads = []
+    for inputs, targets in (batch_a, batch_b):
+        gsm.zero_grad(set_to_none=True)
+        token_cross_entropy(gsm(inputs), targets).backward()
+        grads.append([p.grad.clone() for p in gsm.parameters()])
+        for p in gsm.parameters():
+            p.grad_sample = None
+    gsm.zero_grad(set_to_none=True)
+    grad_dot = sum((a * b).sum() for a, b in zip(*grads))
+    chi_a = straightforward_chi_net(gsm, batch_a[0], probes, generator)
+    chi_b = straightforward_chi_net(gsm, batch_b[0], probes, generator)
+    return float(grad_dot), float(chi_a), float(chi_b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--paper-scale", action="store_true")
+    parser.add_argument("--skip-straightforward", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if args.paper_scale:  # Table 1, 15.5M: 8 layers, hidden 384, FF 1024, 6 heads
+        config, batch, context = LlamaConfig(vocab=4096, layers=8, hidden=384, ff=1024, heads=6, context=512), 32, 512
+    else:
+        config, batch, context = LlamaConfig(vocab=4096, layers=4, hidden=96, ff=256, heads=2, context=128), 32, 128
+    model = Llama(config).to(device)
+    params = [p for p in model.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def tokens():
+        x = torch.randint(0, config.vocab, (batch, context + 1), device=device)
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+    batch_a, batch_b = tokens(), tokens()
+    generator = torch.Generator(device=device).manual_seed(0)
+    state = {}
+
+    def training_step():
+        optimizer.zero_grad(set_to_none=True)
+        state["logits"] = model(batch_a[0])
+        token_cross_entropy(state["logits"], batch_a[1]).backward()
+        optimizer.step()
+
+    def one_probe_setup():
+        tape = PerSampleNormTape(model, dict(model.named_parameters()))
+        with tape:
+            outputs = model(batch_a[0])
+        state["accumulator"] = ProbeAccumulator(tape, outputs)
+
+    def one_probe():
+        state["accumulator"].add_rademacher(generator)
+        sync(device)
+
+    def measurement():
+        state["result"] = measure_lnp_at_step(
+            model, token_cross_entropy, batch_a, batch_b, grad_a=[p.grad for p in params],
+            outputs_a=state["logits"], estimator="hutchinson", probes=args.probes, generator=generator,
+        )
+
+    n_params = sum(p.numel() for p in params)
+    print(f"model: Llama {config.layers}×{config.hidden}, FF {config.ff}, {config.heads} heads, vocab {config.vocab}, "
+          f"{n_params / 1e6:.2f}M parameters; batch {batch}, context {context}; {device}; K = {args.probes}")
+    t_step = timed(training_step, args.repeats, device)
+    one_probe_setup()
+    t_probe = timed(one_probe, args.repeats, device)
+    state.clear()
+    training_step()
+    t_measure = timed(measurement, args.repeats, device)
+    rows = [
+        ("training step (forward, backward, AdamW)", t_step),
+        ("specreach: one Hutchinson probe (forward shared)", t_probe),
+        (f"specreach: cross-batch measurement, K = {args.probes} per batch", t_measure),
+    ]
+    if not args.skip_straightforward:
+        gsm = GradSampleModule(copy.deepcopy(model), batch_first=True, loss_reduction="sum")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+        def straightforward_probe():
+            straightforward_chi_net(gsm, batch_a[0], 1, generator)
+
+        rows.append(("straightforward: one probe (fresh forward, Opacus grad samples)",
+                     timed(straightforward_probe, args.repeats, device)))
+        rows.append((f"straightforward: cross-batch measurement, K = {args.probes} per batch",
+                     timed(lambda: straightforward_measurement(gsm, batch_a, batch_b, args.probes, generator),
+                           max(1, args.repeats // 2), device)))
+    print(f"{'what':<66} {'seconds':>8} {'× step':>7}")
+    for name, seconds in rows:
+        print(f"{name:<66} {seconds:8.3f} {seconds / t_step:7.2f}")
+    if not args.skip_straightforward:
+        print(f"gain of specreach over straightforward, full measurement: {rows[4][1] / rows[2][1]:.2f}×")
+
+    result = state["result"]
+    print(f"last measurement: P = {result.spectral_position:.3e} ± {result.spectral_position_stderr:.1e}, "
+          f"N = {result.network_magnitude:.4e} ± {result.network_magnitude_stderr:.1e} "
+          f"(relative error {result.network_magnitude_stderr / result.network_magnitude:.1%})")
+
+    training_step()
+    step_peak = peak_bytes(training_step, device)
+    measure_peak = peak_bytes(measurement, device)
+    print(f"peak tensor memory: training step {step_peak / 2**20:.1f} MiB, measurement {measure_peak / 2**20:.1f} MiB "
+          f"({measure_peak / step_peak:.2f}× the step)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Probe backwards and their per-sample squared norms, summed for χ_net.
+
+A probe is a vector r over the per-sample outputs; the backward of Σ_i r_iᵀ f_i gives, per
+sample, ‖r_iᵀ J_i‖². ``exact`` feeds the unit vectors of every coordinate, ``hutchinson``
+Rademacher vectors. When the model's output comes straight from a linear readout whose input is
+narrower than its output (a language model's head), probes live in the readout's input space
+instead (see :class:`~specreach.lnp.per_sample_norms.LinearReadout`): same expectation, far less work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
+from specreach.lnp.result import ChiNet
+
+
+def rademacher(shape: torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
+    """±1 entries, independent per sample and coordinate, from the measurement's own generator."""
+    signs = torch.randint(0, 2, shape, generator=generator, device=generator.device, dtype=like.dtype)
+    return signs.mul_(2).sub_(1).to(like.device)
+
+
+class ProbeAccumulator:
+    """Runs probe backwards on one recorded forward and reduces their per-sample norms to χ_net.
+
+    ``probe_shape`` is the shape of the vectors :meth:`add` takes: the outputs' shape, or the
+    readout input's shape. Per-sample sums stay on the device (float64) until the reduction.
+    """
+
+    def __init__(self, tape: PerSampleNormTape, outputs: Tensor):
+        self.tape, self.outputs = tape, outputs
+        self.per_probe: list[Tensor] = []  # probe k: Σ_p ‖∂(r_kiᵀ f_i)/∂p‖² for each sample i
+        self.by_group: dict[str, Tensor] = {}  # summed over probes and samples
+        readout = tape.linear_readout(outputs)
+        self.readout = readout if readout is not None and readout.worthwhile() else None
+        if self.readout is None:
+            self.probe_shape, self._start, self._mixing = outputs.shape, outputs, None
+            closed_form = {}
+        else:
+            self.probe_shape = self.readout.input.shape
+            self._start, self._mixing = self.readout.input, self.readout.input_mixing()
+            closed_form = self.readout.squared_norms()
+        # The readout's exact share of χ_net, added once to the reduced value.
+        self.closed_form = sum((v.sum() for v in closed_form.values()), torch.zeros((), dtype=torch.float64))
+        self.closed_form_by_group: dict[str, float] = {}
+        for name, value in closed_form.items():
+            group = group_of(name)
+            self.closed_form_by_group[group] = self.closed_form_by_group.get(group, 0.0) + float(value.sum())
+
+    @property
+    def coordinates(self) -> int:
+        """Probe-space coordinates per sample: the number of backwards ``exact`` needs."""
+        return self.probe_shape[1:].numel()
+
+    def add(self, vectors: Tensor) -> None:
+        """One probe backward with ``vectors`` of shape ``probe_shape``."""
+        if self._mixing is not None:
+            vectors = vectors @ self._mixing
+        norms = self.tape.squared_norms(self._start, vectors, skip=self.readout)
+        total = torch.zeros(self.outputs.shape[0], dtype=torch.float64, device=self.outputs.device)
+        for name, value in norms.items():
+            value = value.double()
+            total += value
+            group = group_of(name)
+            self.by_group[group] = self.by_group.get(group, 0.0) + value.sum()
+        self.per_probe.append(total)
+
+    def add_rademacher(self, generator: torch.Generator) -> None:
+        self.add(rademacher(self.probe_shape, generator, self.outputs))
+
+    def summed(self) -> ChiNet:
+        """χ_net when the probes were the unit vectors of every coordinate (``exact``)."""
+        value = float(torch.stack(self.per_probe).sum() + self.closed_form) if self.per_probe else float(self.closed_form)
+        return ChiNet(value, by_group=self._groups(1.0))
+
+    def averaged(self) -> ChiNet:
+        """χ_net as the mean over random probes with E[r rᵀ] = I, with its standard error.
+
+        The samples' estimates are independent, so Var(χ̂) = Σ_i Var(s_i)/K, each Var(s_i) taken
+        from that sample's K probe values (needs K ≥ 2; NaN for one probe).
+        """
+        per_probe = torch.stack(self.per_probe)  # (K, n)
+        probes = per_probe.shape[0]
+        value = float(per_probe.sum(dim=1).mean() + self.closed_form)
+        stderr = math.nan
+        if probes > 1:
+            stderr = math.sqrt(float(per_probe.var(dim=0, correction=1).sum()) / probes)
+        return ChiNet(value, stderr, self._groups(1.0 / probes))
+
+    def _groups(self, scale: float) -> dict[str, float]:
+        groups = {group: float(value) * scale for group, value in self.by_group.items()}
+        for group, value in self.closed_form_by_group.items():
+            groups[group] = groups.get(group, 0.0) + value
+        return groups
