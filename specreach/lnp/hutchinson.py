@@ -12,10 +12,10 @@ are drawn in the head's input space (``specreach.lnp.probes``), so only the laye
 head carry probe noise.
 
 Default K = 8. Each probe costs about half a training step (an activation-only backward
-sharing one forward), so K = 8 keeps a cross-batch measurement near ten training steps.
+sharing one forward), so K = 8 keeps a cross-batch measurement near twelve training steps.
 The relative error falls like 1/√K and, with n samples of a batch contributing
-independently, like 1/√n as well: on the quick-start Llama (batch 32) one measurement
-with K = 8 has a few percent relative error, and averaging within measurement windows
+independently, like 1/√n as well: on the benchmark Llama (batch 32) one measurement with
+K = 8 has under 1 % relative error on N, and averaging within measurement windows
 (independent probes each step) reduces it further. ``benchmarks/lnp_cost.py`` prints it.
 """
 
