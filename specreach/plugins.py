@@ -24,7 +24,7 @@ import pluggy
 
 PROJECT = "specreach"
 ENTRY_POINT_GROUP = "specreach"
-BUILTIN_PLUGINS = ("specreach.lnp.builtin",)
+BUILTIN_PLUGINS = ("specreach.lnp.builtin", "specreach.data.builtin", "specreach.models.builtin")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -36,6 +36,14 @@ class Hooks:
     @hookspec
     def register_estimators(self, register: Callable[[type], None]) -> None:
         """Register LNP estimator classes (subclasses of ``specreach.lnp.Estimator``)."""
+
+    @hookspec
+    def register_datasets(self, register: Callable[[type], None]) -> None:
+        """Register data-source classes (subclasses of ``specreach.data.DataSource``)."""
+
+    @hookspec
+    def register_models(self, register: Callable[[type], None]) -> None:
+        """Register model-builder classes (subclasses of ``specreach.models.ModelBuilder``)."""
 
 
 class PluginLoadError(RuntimeError):
@@ -123,6 +131,12 @@ class PluginManager:
 
     def estimators(self) -> dict[str, Registered]:
         return self.components("register_estimators")
+
+    def datasets(self) -> dict[str, Registered]:
+        return self.components("register_datasets")
+
+    def models(self) -> dict[str, Registered]:
+        return self.components("register_models")
 
 
 _default: PluginManager | None = None

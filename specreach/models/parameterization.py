@@ -1,0 +1,118 @@
+"""Standard and muP parameterization, and checkpoints that survive muP.
+
+muP through the ``mup`` package: the builder's muP variant (``MuReadout``, 1/head_dim attention),
+base and delta models built from the base width so that ``set_base_shapes`` sees every width
+dimension, re-initialization with ``mup.init`` after the shapes are set, and ``MuAdamW``.
+
+``infshape`` lives on parameter objects and survives neither ``torch.save`` nor ``deepcopy``.
+A checkpoint therefore stores the model's recipe with its weights, and :func:`load_model`
+rebuilds the model (shapes included) before loading the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import mup
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from specreach.models.base import ModelBuilder
+from specreach.plugins import get_plugin_manager
+
+#: Standard deviation of weight matrices at initialization (Llama's and timm's ViT's 0.02).
+INIT_STD = 0.02
+
+
+class Parameterization(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["standard", "mup"] = Field("standard", description="'standard' or 'mup'.")
+    base_width: int | None = Field(None, ge=1, description="muP: the width at which muP equals standard.")
+
+    @model_validator(mode="after")
+    def _base_width_for_mup(self):
+        if self.kind == "mup" and self.base_width is None:
+            raise ValueError("parameterization 'mup' needs base_width")
+        if self.kind == "standard" and self.base_width is not None:
+            raise ValueError("base_width only applies to parameterization 'mup'")
+        return self
+
+
+class ModelRecipe(BaseModel):
+    """Everything needed to rebuild a model: builder kind, its parameters, parameterization, seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    params: dict[str, Any]
+    parameterization: Parameterization = Parameterization()
+    seed: int = 0
+
+
+def builder_for(kind: str) -> ModelBuilder:
+    registered = get_plugin_manager().models()
+    if kind not in registered:
+        raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(registered)}")
+    return registered[kind].component()
+
+
+def build_model(recipe: ModelRecipe) -> nn.Module:
+    """Build and initialize the model; the global RNG is left as it was."""
+    builder = builder_for(recipe.kind)
+    params = builder.Params(**recipe.params)
+    is_mup = recipe.parameterization.kind == "mup"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = builder.build(params, mup=is_mup)
+        if is_mup:
+            apply_mup(model, builder, params, recipe.parameterization.base_width)
+    return model
+
+
+def apply_mup(model: nn.Module, builder: ModelBuilder, params: BaseModel, base_width: int) -> None:
+    """Set base shapes from base and delta models at base_width and 2·base_width, then re-initialize."""
+    if builder.width_field is None:
+        raise ValueError(f"model '{builder.name}' has no width, so muP does not apply")
+    with torch.device("meta"):  # only the shapes are needed
+        base = builder.build(builder.at_width(params, base_width), mup=True)
+        delta = builder.build(builder.at_width(params, 2 * base_width), mup=True)
+    mup.set_base_shapes(model, base, delta=delta)
+    reinitialize(model)
+
+
+def reinitialize(model: nn.Module) -> None:
+    """muP initialization: matrix-like weights get std INIT_STD scaled by their infshape's fan-in.
+    Readouts keep the initialization ``set_base_shapes`` gave them; norms and biases keep theirs."""
+    readout_params = {id(p) for m in model.modules() if isinstance(m, mup.MuReadout) for p in m.parameters()}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if id(param) in readout_params or param.dim() < 2:
+                continue
+            mup.init.normal_(param, std=INIT_STD)
+
+
+def optimizer_for(model: nn.Module, parameterization: Parameterization, **adamw: Any) -> torch.optim.Optimizer:
+    """AdamW for standard models, ``MuAdamW`` (per-width learning rates) for muP models."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if parameterization.kind == "mup":
+        return mup.MuAdamW(params, **adamw)
+    return torch.optim.AdamW(params, **adamw)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, recipe: ModelRecipe, **extra: Any) -> None:
+    torch.save({"recipe": recipe.model_dump(), "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from the checkpoint's recipe (restoring muP base shapes) and load its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a file written by specreach's save_checkpoint")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if "recipe" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a specreach checkpoint (it has no 'recipe' and 'state_dict')")
+    recipe = ModelRecipe(**checkpoint["recipe"])
+    model = build_model(recipe)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, checkpoint
