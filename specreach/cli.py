@@ -3,32 +3,96 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from specreach.demo import run_demo
+def cmd_run(args: argparse.Namespace) -> int:
+    from specreach.config import load_spec
+    from specreach.engine import Engine
 
-    run_demo(steps=args.steps, measurements=args.measurements, probes=args.probes, seed=args.seed)
+    if args.resume:
+        if args.spec or args.overrides:
+            raise ValueError("--resume continues a run directory as it was; give no spec or overrides with it")
+        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri)
+    else:
+        if not args.spec:
+            raise ValueError("give a spec file (or --resume DIR)")
+        overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+        engine = Engine(load_spec(args.spec, overrides), tracking_uri=args.tracking_uri)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(engine.spec.model_dump(mode="json"), sort_keys=False).rstrip())
+        print(f"\n{len(engine.runs())} runs:")
+        for run in engine.runs():
+            print(f"  {run.name}: {run.recipe.kind} {run.recipe.params}, lr {run.train.lr:g}, phase {run.phase}")
+        return 0
+    results = engine.run()
+    width = max(len(r.name) for r in results) if results else 0
+    for result in results:
+        print(f"{result.name:<{width}}  {result.status:<8}  {result.message}".rstrip())
+    print(f"output: {engine.root}")
+    print(f"tracking: {engine.tracking_uri}  (view with: specreach ui {engine.root})")
+    if any(r.status == "KILLED" for r in results):
+        print(f"interrupted; continue with: specreach run --resume {engine.root}")
+        return 130
+    return 1 if any(r.status == "FAILED" for r in results) else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from specreach.config import SpecError, load_spec
+    from specreach.engine import Engine
+
+    try:
+        spec = load_spec(args.spec, args.overrides)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return 1
+    runs = Engine(spec).runs()
+    print(f"{args.spec}: valid, {len(runs)} runs: {', '.join(r.name for r in runs)}")
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from specreach.spec import Spec
+
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from specreach.tracking import local_tracking_uri
+
+    directory = Path(args.directory)
+    if not (directory / "mlflow.db").exists():
+        raise FileNotFoundError(f"no MLflow store at {directory / 'mlflow.db'}: give the output directory of a "
+                                "run (it is printed at the end of `specreach run`)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", local_tracking_uri(directory),
+               "--host", args.host, "--port", str(args.port)]
+    print(" ".join(command), flush=True)
+    os.execv(sys.executable, command)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from specreach.plugins import get_plugin_manager
 
     manager = get_plugin_manager()
-    print("estimators:")
-    for name, registered in manager.estimators().items():
-        doc = (registered.component.__doc__ or "").strip().splitlines()
-        print(f"  {name:<12} from {registered.source}{'  — ' + doc[0] if doc else ''}")
+    for title, registered in (("estimators", manager.estimators()), ("datasets", manager.datasets()),
+                              ("models", manager.models())):
+        print(f"{title}:")
+        for name, entry in registered.items():
+            doc = (entry.component.__doc__ or "").strip().splitlines()
+            print(f"  {name:<16} from {entry.source}{'  — ' + doc[0] if doc else ''}")
     for source, message in manager.failed.items():
         print(f"failed to load: {source}: {message}")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import json
-
     from specreach.models.catalog import preset_rows
 
     rows = preset_rows()
@@ -65,14 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specreach", description="Measure the LNP decomposition of training.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train a small Llama on built-in text and print the LNP components")
-    demo.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    demo.add_argument("--measurements", type=int, default=8, help="log-spaced measurement steps (default 8)")
-    demo.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch (default 8)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=cmd_demo)
+    run = commands.add_parser("run", help="train and measure every run of a spec, tracked in MLflow")
+    run.add_argument("spec", nargs="?", help="the spec file (YAML)")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 model.presets=[a,b]")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved spec and its runs, run nothing")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run directory")
+    run.add_argument("--output", metavar="DIR", help="output directory (overrides the spec's)")
+    run.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: SQLite in the output)")
+    run.set_defaults(run=cmd_run)
 
-    plugins = commands.add_parser("plugins", help="list registered estimators and where they come from")
+    validate = commands.add_parser("validate", help="check a spec (and overrides) without running it")
+    validate.add_argument("spec")
+    validate.add_argument("overrides", nargs="*")
+    validate.set_defaults(run=cmd_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON schema of a spec")
+    schema.set_defaults(run=cmd_schema)
+
+    ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store")
+    ui.add_argument("directory", help="the output directory printed by `specreach run`")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(run=cmd_ui)
+
+    plugins = commands.add_parser("plugins", help="list registered estimators, datasets and models")
     plugins.set_defaults(run=cmd_plugins)
 
     models = commands.add_parser("models", help="list the model presets of the paper's tables")
@@ -81,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     coord = commands.add_parser("coord-check", help="muP coordinate check: activation scales across widths")
     coord.add_argument("preset", help="a preset name (its shape, scaled to each width)")
-    coord.add_argument("--widths", default="32,64,128", help="comma-separated widths (default 32,64,128)")
+    coord.add_argument("--widths", default="48,96,192", help="comma-separated widths (default 48,96,192)")
     coord.add_argument("--steps", type=int, default=4)
     coord.add_argument("--lr", type=float, default=1e-2)
     coord.add_argument("--output", default="coord-check", help="plot path prefix (default coord-check)")

@@ -33,7 +33,7 @@ class DataInfo:
     input_shape: tuple[int, ...]  # one sample's input: (T,) tokens, (C, H, W) image, (D,) vector
     vocab: int | None = None  # next-token: number of distinct tokens
     classes: int | None = None  # classification: number of classes
-    train_samples: int | None = None  # samples in one epoch of the training stream (None: unbounded)
+    train_samples: int | None = None  # samples per epoch (None: unbounded, or unknown until the data is read)
 
 
 class DataSource(ABC):

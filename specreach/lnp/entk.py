@@ -39,6 +39,7 @@ class Linearization:
     jacobian: Tensor
     output_grad: Tensor
     columns: dict[str, slice]  # parameter name -> its columns of J
+    loss: float
 
 
 def entk_memory_bytes(rows_a: int, rows_b: int, num_params: int, itemsize: int) -> int:
@@ -56,7 +57,8 @@ def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size:
         return outputs.reshape(-1)
 
     outputs = forward(problem.model, batch.inputs, which).detach()
-    output_grad = output_gradient(problem.loss_fn, outputs, batch.targets, which).reshape(-1).double()
+    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
+    output_grad = output_grad.reshape(-1).double()
     with fixed_mup_width_mults(problem.model):
         jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
     rows = outputs.numel()
@@ -65,7 +67,7 @@ def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size:
     for name, block in zip(names, blocks):
         columns[name] = slice(start, start + block.shape[1])
         start += block.shape[1]
-    return Linearization(torch.cat(blocks, dim=1), output_grad, columns)
+    return Linearization(torch.cat(blocks, dim=1), output_grad, columns, loss)
 
 
 @contextlib.contextmanager
@@ -145,6 +147,8 @@ class Entk(Estimator):
             estimator=self.name,
             probes=None,
             grad_dot=grad_dot,
+            loss_a=lin_a.loss,
+            loss_b=lin_b.loss,
             chi_loss_a=float(lin_a.output_grad.square().sum()),
             chi_loss_b=float(lin_b.output_grad.square().sum()),
             chi_net_a=chi_net_a,

@@ -54,22 +54,24 @@ class PerSampleNormEstimator(Estimator):
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:
         reuse_grad_a = problem.grad_a is not None
-        chi_loss_a, chi_net_a, grad_a = self._measure_batch(
+        loss_a, chi_loss_a, chi_net_a, grad_a = self._measure_batch(
             problem, problem.batch_a, "A", not reuse_grad_a, problem.outputs_a
         )
         if reuse_grad_a:
             grad_a = problem.grad_a
         if problem.full_batch:
-            chi_loss_b, chi_net_b = chi_loss_a, chi_net_a
+            loss_b, chi_loss_b, chi_net_b = loss_a, chi_loss_a, chi_net_a
             grad_dot = gradient_dot(grad_a, grad_a)
         else:
-            chi_loss_b, chi_net_b, grad_b = self._measure_batch(problem, problem.batch_b, "B", True, None)
+            loss_b, chi_loss_b, chi_net_b, grad_b = self._measure_batch(problem, problem.batch_b, "B", True, None)
             grad_dot = gradient_dot(grad_a, grad_b)
         batch_b = problem.batch_a if problem.full_batch else problem.batch_b
         return assemble_result(
             estimator=self.name,
             probes=problem.probes,
             grad_dot=grad_dot,
+            loss_a=loss_a,
+            loss_b=loss_b,
             chi_loss_a=chi_loss_a,
             chi_loss_b=chi_loss_b,
             chi_net_a=chi_net_a,
@@ -81,7 +83,7 @@ class PerSampleNormEstimator(Estimator):
 
     def _measure_batch(self, problem: MeasurementProblem, batch: Batch, which: str, need_grad: bool,
                        given_outputs: Tensor | None):
-        """One forward with the tape on; χ_loss, χ_net and (if asked) ∇_θ L of the batch."""
+        """One forward with the tape on; L, χ_loss, χ_net and (if asked) ∇_θ L of the batch."""
         params = list(problem.params.values())
         tape = PerSampleNormTape(problem.model, problem.params)
         with torch.enable_grad():
@@ -95,11 +97,12 @@ class PerSampleNormEstimator(Estimator):
                         loss, [outputs, *params], retain_graph=True, allow_unused=True,
                     )
                     grad = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grad))
+                    loss = float(loss.detach())
                 if given_outputs is not None:
-                    output_grad = output_gradient(problem.loss_fn, given_outputs, batch.targets, which)
+                    output_grad, loss = output_gradient(problem.loss_fn, given_outputs, batch.targets, which)
                 elif not need_grad:
-                    output_grad = output_gradient(problem.loss_fn, outputs, batch.targets, which)
+                    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
                 chi_net = self.chi_net(tape, outputs, problem)
             finally:
                 tape.clear()
-        return squared_norm(output_grad), chi_net, grad
+        return loss, squared_norm(output_grad), chi_net, grad

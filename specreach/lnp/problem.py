@@ -124,13 +124,13 @@ def loss_of(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> Tenso
     return loss
 
 
-def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> Tensor:
-    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network)."""
+def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> tuple[Tensor, float]:
+    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network), and L_X."""
     detached = outputs.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = loss_of(loss_fn, detached, targets, which)
         (grad,) = torch.autograd.grad(loss, detached)
-    return grad
+    return grad, float(loss.detach())
 
 
 def squared_norm(tensor: Tensor) -> float:

@@ -43,6 +43,9 @@ class LNPResult:
     chi_loss_b: float
     chi_net_a: float
     chi_net_b: float
+    #: The losses L_A and L_B at the measured parameters.
+    loss_a: float
+    loss_b: float
     units_a: int
     units_b: int
     full_batch: bool
@@ -75,7 +78,7 @@ class LNPResult:
             for name in (
                 "grad_dot", "loss_magnitude", "network_magnitude", "spectral_position",
                 "loss_magnitude_normalized", "network_magnitude_normalized",
-                "chi_loss_a", "chi_loss_b", "chi_net_a", "chi_net_b",
+                "chi_loss_a", "chi_loss_b", "chi_net_a", "chi_net_b", "loss_a", "loss_b",
                 "chi_net_a_stderr", "chi_net_b_stderr", "network_magnitude_stderr",
                 "network_magnitude_normalized_stderr", "spectral_position_stderr",
             )
@@ -95,6 +98,8 @@ def assemble_result(
     estimator: str,
     probes: int | None,
     grad_dot: float,
+    loss_a: float,
+    loss_b: float,
     chi_loss_a: float,
     chi_loss_b: float,
     chi_net_a: ChiNet,
@@ -139,6 +144,8 @@ def assemble_result(
         chi_loss_b=chi_loss_b,
         chi_net_a=chi_net_a.value,
         chi_net_b=chi_net_b.value,
+        loss_a=loss_a,
+        loss_b=loss_b,
         units_a=units_a,
         units_b=units_b,
         full_batch=full_batch,

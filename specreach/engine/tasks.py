@@ -1,0 +1,52 @@
+"""What a task means for training: its loss function, and whether a model fits the data."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specreach.data.base import DataInfo
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over every token of every sequence."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def mean_squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.mse_loss(outputs, targets.reshape(outputs.shape))
+
+
+LOSSES = {"next-token": token_cross_entropy, "classification": F.cross_entropy, "regression": mean_squared_error}
+
+
+def loss_for(info: DataInfo):
+    return LOSSES[info.task]
+
+
+def output_size(info: DataInfo) -> int:
+    """What a new linear head must emit for this task."""
+    return {"next-token": info.vocab, "classification": info.classes, "regression": 1}[info.task]
+
+
+def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, sample: Tensor,
+                          model_name: str, data_name: str) -> None:
+    """Fail early, with both sides named, when a model cannot consume or predict the data."""
+    vocab = model_params.get("vocab")
+    if info.task == "next-token" and vocab is not None and vocab < info.vocab:
+        raise ValueError(f"model '{model_name}' has vocab {vocab} but data '{data_name}' has {info.vocab} tokens; "
+                         f"set model params vocab: {info.vocab}")
+    classes = model_params.get("classes")
+    if info.task == "classification" and classes is not None and classes != info.classes:
+        raise ValueError(f"model '{model_name}' has {classes} classes but data '{data_name}' has {info.classes}")
+    try:
+        with torch.no_grad():
+            outputs = model(sample)
+    except Exception as error:
+        raise ValueError(f"model '{model_name}' cannot take inputs of data '{data_name}' (one sample's input shape "
+                         f"{tuple(info.input_shape)}): {type(error).__name__}: {error}") from error
+    expected = output_size(info)
+    if outputs.shape[-1] != expected and not (info.task == "next-token" and outputs.shape[-1] >= expected):
+        raise ValueError(f"model '{model_name}' emits {outputs.shape[-1]} outputs per position but task "
+                         f"'{info.task}' of data '{data_name}' needs {expected}")

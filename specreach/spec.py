@@ -1,0 +1,178 @@
+"""The Pydantic models of a spec, and nothing else.
+
+Extra keys are forbidden at every level. Components (the model, the data source) are
+discriminated by ``kind``: built-in and plugin kinds alike are looked up in the plugin
+registry and their ``params`` validated against that component's own parameter model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from specreach.models.parameterization import Parameterization
+from specreach.models.presets import PRESETS
+from specreach.plugins import get_plugin_manager
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _closest(word: str, options) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (one of: {', '.join(options)})"
+
+
+def validate_component_params(registry: dict, kind: str, params: dict[str, Any], what: str) -> dict[str, Any]:
+    """Check ``kind`` is registered and ``params`` fit its parameter model; return the validated params."""
+    if kind not in registry:
+        raise PydanticCustomError("unknown_kind", f"unknown {what} kind '{{kind}}'{_closest(kind, registry)}",
+                                  {"kind": kind})
+    return registry[kind].component.Params(**params).model_dump()
+
+
+class ModelSection(Strict):
+    """Either ``kind`` + ``params`` (+ named ``sizes``), or a list of ``presets``."""
+
+    kind: str | None = Field(None, description="Model kind (llama, vit, random-features, or a plugin's).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Parameters shared by every size.")
+    sizes: dict[str, dict[str, Any]] | None = Field(
+        None, description="Named sizes to sweep: each maps parameter names to the values that differ.")
+    presets: list[str] | None = Field(None, description="Preset names to sweep (see `specreach models`).")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if (self.kind is None) == (self.presets is None):
+            raise ValueError("give either 'kind' (with params and optional sizes) or 'presets', not both or neither")
+        if self.presets is not None:
+            for name in self.presets:
+                if name not in PRESETS:
+                    raise PydanticCustomError("unknown_preset", f"unknown preset '{{name}}'{_closest(name, PRESETS)}",
+                                              {"name": name})
+            if self.params or self.sizes:
+                raise ValueError("'params' and 'sizes' go with 'kind', not with 'presets'")
+            return self
+        registry = get_plugin_manager().models()
+        for size, overrides in (self.sizes or {"default": {}}).items():
+            validate_component_params(registry, self.kind, {**self.params, **overrides}, "model")
+        return self
+
+    def members(self) -> list[tuple[str, str, dict[str, Any], dict | None, float | None]]:
+        """(size name, kind, params, preset parameterization or None, preset learning rate or None)."""
+        if self.presets is not None:
+            return [(p, PRESETS[p].kind, PRESETS[p].params, PRESETS[p].parameterization, PRESETS[p].learning_rate)
+                    for p in self.presets]
+        return [(size, self.kind, {**self.params, **overrides}, None, None)
+                for size, overrides in (self.sizes or {"default": {}}).items()]
+
+
+class DataSection(Strict):
+    kind: str = Field(description="Data source kind (see `specreach plugins`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The data source's parameters.")
+
+    @model_validator(mode="after")
+    def _known(self):
+        validate_component_params(get_plugin_manager().datasets(), self.kind, self.params, "data")
+        return self
+
+
+class TrainSection(Strict):
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warmup).")
+    lr_per_size: dict[str, float] = Field(default_factory=dict, description="Learning rate per size name.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
+    batch_size: int = Field(32, ge=1, description="Training batch size.")
+    steps: int | None = Field(None, ge=1, description="Training steps (default: `epochs` passes over the data).")
+    epochs: int = Field(1, ge=1, description="Passes over the data when `steps` is not given.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Model seeds to sweep.")
+    data_seed: int = Field(0, description="Seed of the data order (the same for every model seed).")
+    device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
+    dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Write a checkpoint every N steps.")
+
+    @field_validator("lr_per_size")
+    @classmethod
+    def _positive(cls, value: dict[str, float]):
+        for size, lr in value.items():
+            if lr <= 0:
+                raise ValueError(f"learning rate for size '{size}' must be positive, got {lr}")
+        return value
+
+
+class LogWindows(Strict):
+    windows: int = Field(8, ge=1, description="Logarithmically spaced measurement windows (plus step 0).")
+    steps_per_window: int = Field(1, ge=1, description="Consecutive measured steps in each window.")
+
+
+class MeasureSection(Strict):
+    enabled: bool = Field(True, description="Measure the LNP components at all.")
+    estimator: str = Field("hutchinson", description="Estimator name (see `specreach plugins`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
+    probes: int | None = Field(None, ge=1, description="Probes per batch (estimators that draw probes).")
+    schedule: LogWindows | list[int] = Field(
+        default_factory=LogWindows, description="Log-spaced windows, or an explicit list of steps.")
+    validation_size: int | None = Field(None, ge=1, description="Samples of the validation pool to draw B from.")
+    batch_size: int | None = Field(None, ge=1, description="Measurement batch size for B (default: train batch).")
+    cross_batch: bool = Field(True, description="B from the validation pool (true) or B = A (false).")
+
+    @model_validator(mode="after")
+    def _estimator_known(self):
+        registry = get_plugin_manager().estimators()
+        if self.estimator not in registry:
+            raise PydanticCustomError(
+                "unknown_kind", f"unknown estimator '{{name}}'{_closest(self.estimator, registry)}",
+                {"name": self.estimator})
+        estimator = registry[self.estimator].component
+        estimator.Params(**self.options)
+        if self.probes is not None and not estimator.uses_probes:
+            raise ValueError(f"estimator '{self.estimator}' draws no probes; remove 'probes'")
+        return self
+
+
+class ProbeSection(Strict):
+    """Linear probes after training: a trained and a random backbone, frozen, with a new linear head."""
+
+    backbones: list[Literal["trained", "random"]] = Field(
+        default_factory=lambda: ["trained", "random"], min_length=1, description="Which backbones to probe.")
+    checkpoint: Path | None = Field(None, description="Probe this checkpoint instead of the run's trained model.")
+    steps: int | None = Field(None, ge=1, description="Probe training steps (default: as the main training).")
+
+
+class TrackingSection(Strict):
+    experiment: str | None = Field(None, description="MLflow experiment (default: the spec's name).")
+    uri: str | None = Field(None, description="Tracking URI (default: a SQLite store in the output directory).")
+    run_name: str | None = Field(None, description="Name of the parent run (default: the spec's name).")
+    enabled: bool = Field(True, description="Log to MLflow at all (the metrics table is always written).")
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (letters, digits, _ . -).")
+    model: ModelSection
+    parameterization: Parameterization = Field(default_factory=Parameterization,
+                                               description="standard, or mup with base_width.")
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    measure: MeasureSection = Field(default_factory=MeasureSection)
+    probe: ProbeSection | None = Field(None, description="Optional linear-probe phase.")
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    output: Path = Field(Path("runs"), description="Output directory; each spec writes into output/name.")
+
+    @model_validator(mode="after")
+    def _sizes_have_rates(self):
+        sizes = [member[0] for member in self.model.members()]
+        unknown = set(self.train.lr_per_size) - set(sizes)
+        if unknown:
+            # Cross-section problems name their key first: config.py points at its line.
+            raise ValueError(f"train.lr_per_size: names sizes that the model does not sweep: {sorted(unknown)} "
+                             f"(sizes: {sizes})")
+        return self

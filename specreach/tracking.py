@@ -1,0 +1,163 @@
+"""The MLflow adapter: the only module that imports mlflow.
+
+One :class:`Tracker` is one MLflow run. Metrics are buffered and sent with ``log_batch`` so
+that tracking costs well under 1 % of a run. When the tracking store cannot be reached, the
+tracker warns once and turns into a no-op: the run goes on and its metrics table (written by
+the engine, independently of MLflow) keeps everything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+#: Fail fast against an unreachable server instead of MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+MAX_PARAM_VALUE = 6000
+MAX_PARAM_KEY = 250
+FLUSH_EVERY = 500  # buffered metric values before a log_batch
+
+
+def local_tracking_uri(directory: Path) -> str:
+    """A SQLite store inside the run's output directory: no server needed."""
+    return f"sqlite:///{(Path(directory) / 'mlflow.db').resolve()}"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping → ``{"train.lr": "0.001", ...}``, values as strings within MLflow's limits."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name[:MAX_PARAM_KEY]] = str(value)[:MAX_PARAM_VALUE]
+    return flat
+
+
+def _reachable(uri: str) -> bool:
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Tracker:
+    """One MLflow run, or a no-op when tracking is off or unreachable."""
+
+    def __init__(self, client: MlflowClient | None, run_id: str | None, uri: str | None):
+        self.client, self.run_id, self.uri = client, run_id, uri
+        self._buffer: list[Metric] = []
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None and self.run_id is not None
+
+    @classmethod
+    def disabled(cls) -> "Tracker":
+        return cls(None, None, None)
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, *, artifact_root: Path | None = None,
+              parent_run_id: str | None = None, tags: Mapping[str, str] | None = None,
+              params: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> "Tracker":
+        """Create (or reopen, with ``resume_run_id``) a run; on failure warn and return a no-op tracker."""
+        try:
+            if not _reachable(uri):
+                raise ConnectionError(f"no MLflow server answers at {uri}")
+            client = MlflowClient(tracking_uri=uri)
+            if resume_run_id is not None:
+                client.update_run(resume_run_id, status="RUNNING")
+                return cls(client, resume_run_id, uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+                experiment_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = found.experiment_id
+            all_tags = dict(tags or {})
+            if parent_run_id is not None:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            tracker = cls(client, run.info.run_id, uri)
+            if params:
+                tracker.log_params(params)
+            return tracker
+        except Exception as error:  # tracking must never take the run down
+            warnings.warn(f"MLflow tracking at {uri} is unavailable ({type(error).__name__}: {error}); the run goes "
+                          "on and its metrics table is still written to the output directory", stacklevel=2)
+            return cls.disabled()
+
+    def _guard(self, action: str, fn, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as error:
+            warnings.warn(f"MLflow {action} failed ({type(error).__name__}: {error}); tracking stops for run "
+                          f"{self.run_id}, the metrics table keeps everything", stacklevel=3)
+            self.client = None
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._guard("log_params", self.client.log_batch, self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._guard("set_tags", self.client.log_batch, self.run_id,
+                    tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        timestamp = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), timestamp, step) for k, v in metrics.items())
+        if len(self._buffer) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer and self.active:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=chunk)
+        self._buffer.clear()
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path), subdir)
+
+    def finish(self, status: str = "FINISHED", message: str | None = None) -> None:
+        """Flush and close the run: FINISHED, FAILED or KILLED."""
+        self.flush()
+        if message:
+            self.set_tags({"specreach.message": message[:5000]})
+        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+def read_runs(uri: str, experiment: str) -> list[dict]:
+    """Runs of an experiment, as dicts (for tests and reports)."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [
+        {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": r.data.tags,
+         "params": r.data.params, "metrics": r.data.metrics}
+        for r in client.search_runs([found.experiment_id], max_results=1000)
+    ]
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    client = MlflowClient(tracking_uri=uri)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]

@@ -1,0 +1,141 @@
+"""Specs: loading, overrides, and errors that point at FILE:LINE with a suggestion."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine_helpers import TINY_SPEC, write_spec
+from specreach.config import SpecError, load_spec
+
+
+@pytest.fixture
+def validate(capsys):
+    """`specreach validate ARGS` in-process; returns an object with returncode, stdout, stderr."""
+
+    def run(*args, cwd=None):
+        from types import SimpleNamespace
+
+        from specreach.cli import main
+
+        capsys.readouterr()
+        returncode = main(["validate", *map(str, args)])
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=returncode, stdout=captured.out, stderr=captured.err)
+
+    return run
+
+
+def test_a_valid_spec_loads_and_expands(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert spec.name == "tiny" and spec.train.lr == 3e-3
+    assert [m[0] for m in spec.model.members()] == ["s", "m"]
+
+
+def test_overrides_change_values_and_lists(tmp_path):
+    path = write_spec(tmp_path)
+    spec = load_spec(path, ["train.lr=1e-2", "train.seeds=[1,2]", "measure.probes=3", "train.grad_clip=1.0"])
+    assert spec.train.lr == 1e-2 and spec.train.seeds == [1, 2] and spec.measure.probes == 3
+    assert spec.train.grad_clip == 1.0  # a valid key the YAML did not set
+
+
+def test_interpolation(tmp_path):
+    spec = dict(TINY_SPEC, data={"kind": "pydoc-text", "params": {"context": "${model.params.context}"}})
+    assert load_spec(write_spec(tmp_path, spec)).data.params["context"] == 16
+
+
+BROKEN = {
+    "unknown key": ("train:\n  lrr: 1", "train.lrr: unknown key (did you mean 'lr'?)"),
+    "wrong type": ("train:\n  batch_size: many", "train.batch_size: Input should be a valid integer"),
+    "negative learning rate": ("train:\n  lr: -0.1", "train.lr: Input should be greater than 0"),
+    "unknown model kind": ("model:\n  kind: lama", "model.kind: unknown model kind 'lama' (did you mean 'llama'?)"),
+    "unknown data kind": ("data:\n  kind: pydoc-txt", "data.kind: unknown data kind 'pydoc-txt' (did you mean 'pydoc-text'?)"),
+    "unknown preset": ("model:\n  presets: [llama-simplestories-1.3m]",
+                       "model.presets.0: unknown preset 'llama-simplestories-1.3m' (did you mean"),
+    "unknown model parameter": ("model:\n  kind: llama\n  params: {vocab: 256, layers: 1, heads: 2, context: 16, hiden: 8, ff: 16}",
+                                "model.params.hiden: unknown parameter (did you mean 'hidden'?)"),
+    "unknown estimator": ("measure:\n  estimator: hutchinsn", "measure.estimator: unknown estimator 'hutchinsn' (did you mean 'hutchinson'?)"),
+    "probes for exact": ("measure:\n  estimator: exact\n  probes: 4", "measure: Value error, estimator 'exact' draws no probes"),
+    "lr for an unknown size": ("train:\n  lr_per_size: {xl: 0.1}", "train.lr_per_size: names sizes that the model does not sweep"),
+    "missing section": ("name: only-a-name", "model: Field required"),
+    "bad name": ("name: 'has spaces'", "name: String should match pattern"),
+}
+
+
+def _replace_sections(tmp_path, text):
+    """The tiny spec with the sections in ``text`` replaced (so line numbers are in ``text``)."""
+    import yaml
+
+    replacement = yaml.safe_load(text)
+    spec = {k: v for k, v in TINY_SPEC.items() if k not in replacement}
+    path = tmp_path / "broken.yaml"
+    body = yaml.safe_dump(spec, sort_keys=False) if replacement.keys() != {"name"} else ""
+    path.write_text(text + "\n" + body)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_specs_fail_with_file_line_and_suggestion(tmp_path, validate, case):
+    text, expected = BROKEN[case]
+    path = _replace_sections(tmp_path, text)
+    done = validate(path, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    matching = [l for l in lines if expected.replace("Value error, ", "") in l.replace("Value error, ", "")]
+    assert matching, lines
+    file_line, message = matching[0].split(": ", 1)
+    assert file_line.startswith(str(path) + ":")
+    line = int(file_line.rsplit(":", 1)[1])
+    key = expected.split(":")[0].split(".")[-1]
+    if key not in ("name", "model", "measure", "0"):
+        assert key in path.read_text().splitlines()[line - 1], (line, matching[0])
+    assert not list(tmp_path.glob("runs")), "validation must not create a run"
+
+
+def test_malformed_yaml(tmp_path, validate):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmodel: [unclosed\ndata: {}\n")
+    done = validate(path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}:3: (spec): malformed YAML")
+
+
+def test_empty_file(tmp_path, validate):
+    path = tmp_path / "empty.yaml"
+    path.write_text("\n")
+    done = validate(path)
+    assert done.returncode == 1 and f"{path}:1: (spec): the spec file is empty" in done.stderr
+
+
+def test_missing_file(tmp_path, validate):
+    done = validate(tmp_path / "nope.yaml")
+    assert done.returncode == 1 and "no such spec file" in done.stderr
+
+
+def test_bad_override_suggests_the_key(tmp_path, validate):
+    done = validate(write_spec(tmp_path), "train.lr=1e-3", "train.warmup=5")
+    assert done.returncode == 1
+    assert "override:2: train.warmup: no key 'warmup' in train (did you mean 'warmup_steps'?)" in done.stderr
+
+
+def test_override_without_equals(tmp_path):
+    with pytest.raises(SpecError, match="override:1: train.lr: an override reads KEY=VALUE"):
+        load_spec(write_spec(tmp_path), ["train.lr"])
+
+
+def test_override_of_an_unknown_plugin_parameter(tmp_path):
+    with pytest.raises(SpecError, match="no key 'hiden' in model.params \\(did you mean 'hidden'\\?\\)"):
+        load_spec(write_spec(tmp_path), ["model.params.hiden=4"])
+
+
+def test_validate_runs_as_a_command(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "specreach.cli", "validate", str(tmp_path / "x.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{tmp_path / 'x.yaml'}:1: (spec): no such spec file" in done.stderr
+
+
+def test_schema_is_json_with_every_section():
+    done = subprocess.run([sys.executable, "-m", "specreach.cli", "schema"], capture_output=True, text=True)
+    schema = json.loads(done.stdout)
+    assert {"name", "model", "data", "train", "measure", "probe", "tracking", "output"} <= set(schema["properties"])

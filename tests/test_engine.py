@@ -1,0 +1,224 @@
+"""The engine end to end, with a real MLflow store (SQLite) and a real MLflow server."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine_helpers import TINY_SPEC, write_spec
+from specreach import Engine, LNPMonitor, load_spec
+from specreach.engine.metrics_table import read_table
+from specreach.engine.tasks import token_cross_entropy
+from specreach.tracking import metric_history, read_runs
+
+COMPONENTS = ["spectral_position", "loss_magnitude", "network_magnitude", "loss_magnitude_normalized",
+              "network_magnitude_normalized"]
+
+
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "specreach.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measured_steps(rows):
+    return sorted({r["step"] for r in rows if isinstance(r.get("spectral_position"), float)
+                   and math.isfinite(r["spectral_position"])})
+
+
+def test_quickstart_scaled_down_through_the_cli(tmp_path):
+    spec_path = write_spec(tmp_path)
+    done = cli("run", spec_path, "--output", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "out" / "tiny"
+    assert f"output: {root}" in done.stdout and "tracking: sqlite:///" in done.stdout
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    runs = read_runs(uri, "tiny")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
+    children = [r for r in runs if "mlflow.parentRunId" in r["tags"]]
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c["tags"]["mlflow.parentRunId"] == parents[0]["run_id"] for c in children)
+    assert {c["tags"]["size"] for c in children} == {"s", "m"}
+    for child in children:
+        assert child["status"] == "FINISHED"
+        for tag in ("architecture", "parameters", "seed", "parameterization"):
+            assert tag in child["tags"]
+        assert child["params"]["train.lr"] == "0.003" and child["params"]["recipe.kind"] == "llama"
+        expected_steps = measured_steps(read_table(root / "runs" / child["name"] / "metrics.csv"))
+        assert expected_steps == [0, 1, 2, 3, 10, 11]  # step 0 and three log-spaced windows of 2
+        for key in COMPONENTS + ["loss"]:
+            history = metric_history(uri, child["run_id"], key)
+            steps = sorted({s for s, _ in history})
+            assert steps == (expected_steps if key != "loss" else list(range(12))), key
+    parent_artifacts = list((root / "mlartifacts").rglob("*.png"))
+    assert {p.name for p in parent_artifacts} >= {"loss_and_position.png", "components.png", "final_loss.png"}
+    assert list((root / "mlartifacts").rglob("spec.yaml")) and list((root / "mlartifacts").rglob("metrics.csv"))
+
+
+def test_dry_run_lists_the_runs_and_creates_nothing(tmp_path):
+    done = cli("run", write_spec(tmp_path), "train.seeds=[0,1]", "--dry-run", "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "4 runs:" in done.stdout and "m-seed1" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_engine_from_python_returns_metrics_run_ids_and_paths(tmp_path):
+    spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "model.sizes={s: {hidden: 8, ff: 16}}"])
+    results = Engine(spec).run()
+    assert [r.name for r in results] == ["s-seed0"] and results[0].status == "FINISHED"
+    table = results[0].metrics
+    assert list(table["step"][table["spectral_position"].notna()]) == [0, 1, 2, 3, 10, 11]
+    assert results[0].run_id and results[0].output_dir.is_dir()
+    row = table[table["step"] == 2].iloc[0]
+    # D = L · N · P and the actual loss change on B across the step are recorded.
+    assert row["loss_magnitude"] * row["network_magnitude"] * row["spectral_position"] == pytest.approx(row["grad_dot"])
+    assert row["delta_loss_b"] == pytest.approx(row["loss_b_after"] - row["loss_b"])
+    assert row["delta_loss_b_sgd_linear"] == pytest.approx(-row["lr"] * row["grad_dot"])
+    assert "eval_loss" in table and math.isfinite(table["eval_loss"].dropna().iloc[-1])
+
+
+def test_interrupt_and_resume_equal_an_uninterrupted_run(tmp_path):
+    spec_path = write_spec(tmp_path, train={**TINY_SPEC["train"], "steps": 40, "checkpoint_every": 10},
+                           model={**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}})
+    reference = cli("run", spec_path, "--output", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "specreach.cli", "run", str(spec_path), "--output", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "tiny" / "runs" / "s-seed0" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(read_table(metrics)) > 5):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    status = json.loads((metrics.parent / "status.json").read_text())
+    assert status["status"] == "KILLED" and 0 < status["step"] < 40
+    runs = {r["name"]: r for r in read_runs(f"sqlite:///{out / 'tiny' / 'mlflow.db'}", "tiny")}
+    assert runs["s-seed0"]["status"] == "KILLED"
+    assert f"specreach run --resume {out / 'tiny'}" in stdout
+
+    resumed = cli("run", "--resume", out / "tiny")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = read_table(tmp_path / "reference" / "tiny" / "runs" / "s-seed0" / "metrics.csv")
+    got = read_table(metrics)
+    assert len(got) == len(expected)
+    for row_got, row_expected in zip(got, expected):
+        for key, value in row_expected.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(row_got[key]), key
+            else:
+                assert row_got[key] == value, (row_expected["step"], key)
+    runs = {r["name"]: r for r in read_runs(f"sqlite:///{out / 'tiny' / 'mlflow.db'}", "tiny")}
+    assert runs["s-seed0"]["status"] == "FINISHED"
+
+
+def test_a_nan_run_fails_cleanly_while_its_siblings_finish(tmp_path):
+    spec_path = write_spec(tmp_path, train={**TINY_SPEC["train"], "lr_per_size": {"s": 1.0e+30}})
+    done = cli("run", spec_path, "--output", tmp_path / "out")
+    assert done.returncode == 1
+    root = tmp_path / "out" / "tiny"
+    failed = json.loads((root / "runs" / "s-seed0" / "status.json").read_text())
+    assert failed["status"] == "FAILED"
+    assert "the training loss is" in failed["message"] and "last finite loss" in failed["message"]
+    assert read_table(root / "runs" / "s-seed0" / "metrics.csv")  # what was recorded stays
+    assert json.loads((root / "runs" / "m-seed0" / "status.json").read_text())["status"] == "FINISHED"
+    runs = {r["name"]: r for r in read_runs(f"sqlite:///{root / 'mlflow.db'}", "tiny")}
+    assert runs["s-seed0"]["status"] == "FAILED" and runs["m-seed0"]["status"] == "FINISHED"
+    assert "last finite loss" in runs["s-seed0"]["tags"]["specreach.message"]
+
+
+def test_unreachable_tracking_server_still_leaves_the_metrics_table(tmp_path):
+    spec_path = write_spec(tmp_path, model={**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}})
+    done = cli("run", spec_path, "--output", tmp_path / "out", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MLflow tracking at http://127.0.0.1" in done.stderr and "unavailable" in done.stderr
+    rows = read_table(tmp_path / "out" / "tiny" / "runs" / "s-seed0" / "metrics.csv")
+    assert measured_steps(rows) == [0, 1, 2, 3, 10, 11]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", (tmp_path / "server-artifacts").as_uri(), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(server.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not start")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_runs_reach_a_real_mlflow_server(tmp_path, mlflow_server):
+    spec_path = write_spec(tmp_path, model={**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}})
+    done = cli("run", spec_path, "--output", tmp_path / "out", "--tracking-uri", mlflow_server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    request = urllib.request.Request(
+        mlflow_server + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")
+    experiment = json.load(urllib.request.urlopen(request))["experiment"]
+    body = json.dumps({"experiment_ids": [experiment["experiment_id"]]}).encode()
+    search = urllib.request.Request(mlflow_server + "/api/2.0/mlflow/runs/search", data=body,
+                                    headers={"Content-Type": "application/json"})
+    runs = json.load(urllib.request.urlopen(search))["runs"]
+    assert len(runs) == 2
+    child = next(r for r in runs if any(t["key"] == "mlflow.parentRunId" for t in r["data"]["tags"]))
+    metrics = {m["key"] for m in child["data"]["metrics"]}
+    assert set(COMPONENTS) | {"loss", "eval_loss"} <= metrics
+    assert child["info"]["status"] == "FINISHED"
+
+
+def test_monitor_in_a_users_own_training_loop(tmp_path):
+    from specreach.data.text import PydocText
+    from specreach.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    data = PydocText(context=16, validation_size=16)
+    model = Llama(LlamaConfig(vocab=256, layers=1, hidden=8, ff=16, heads=2, context=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    uri = f"sqlite:///{tmp_path / 'mine.db'}"
+    monitor = LNPMonitor(model, token_cross_entropy, data.validation_pool(), total_steps=10, schedule=[0, 4, 9],
+                         probes=2, tracking_uri=uri, experiment="mine", run_name="loop", table=tmp_path / "m.csv")
+    for step, (x, y) in enumerate(data.train_batches(4, data_seed=0)):
+        if step == 10:
+            break
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = token_cross_entropy(logits, y)
+        loss.backward()
+        result = monitor.step(step, (x, y), loss, outputs=logits)
+        assert (result is not None) == (step in (0, 4, 9))
+        optimizer.step()
+        monitor.after_update()
+    monitor.close()
+    (run,) = read_runs(uri, "mine")
+    assert run["status"] == "FINISHED"
+    assert sorted(s for s, _ in metric_history(uri, run["run_id"], "spectral_position")) == [0, 4, 9]
+    assert measured_steps(read_table(tmp_path / "m.csv")) == [0, 4, 9]
