@@ -101,23 +101,24 @@ class Tracker:
                           "on and its metrics table is still written to the output directory", stacklevel=2)
             return cls.disabled()
 
-    def _guard(self, action: str, fn, *args, **kwargs) -> None:
+    def _guard(self, method: str, *args, **kwargs) -> None:
+        """Call ``self.client.<method>``; a failure warns once and turns tracking off for this run."""
         if not self.active:
             return
         try:
-            fn(*args, **kwargs)
+            getattr(self.client, method)(*args, **kwargs)
         except Exception as error:
-            warnings.warn(f"MLflow {action} failed ({type(error).__name__}: {error}); tracking stops for run "
+            warnings.warn(f"MLflow {method} failed ({type(error).__name__}: {error}); tracking stops for run "
                           f"{self.run_id}, the metrics table keeps everything", stacklevel=3)
             self.client = None
 
     def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self._guard("log_params", self.client.log_batch, self.run_id, params=items[start:start + 100])
+            self._guard("log_batch", self.run_id, params=items[start:start + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._guard("set_tags", self.client.log_batch, self.run_id,
+        self._guard("log_batch", self.run_id,
                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -131,18 +132,18 @@ class Tracker:
     def flush(self) -> None:
         while self._buffer and self.active:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=chunk)
+            self._guard("log_batch", self.run_id, metrics=chunk)
         self._buffer.clear()
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
-        self._guard("log_artifact", self.client.log_artifact, self.run_id, str(path), subdir)
+        self._guard("log_artifact", self.run_id, str(path), subdir)
 
     def finish(self, status: str = "FINISHED", message: str | None = None) -> None:
         """Flush and close the run: FINISHED, FAILED or KILLED."""
         self.flush()
         if message:
             self.set_tags({"specreach.message": message[:5000]})
-        self._guard("set_terminated", self.client.set_terminated, self.run_id, status)
+        self._guard("set_terminated", self.run_id, status)
 
 
 def read_runs(uri: str, experiment: str) -> list[dict]:

@@ -59,7 +59,7 @@ def test_quickstart_scaled_down_through_the_cli(tmp_path):
             assert tag in child["tags"]
         assert child["params"]["train.lr"] == "0.003" and child["params"]["recipe.kind"] == "llama"
         expected_steps = measured_steps(read_table(root / "runs" / child["name"] / "metrics.csv"))
-        assert expected_steps == [0, 1, 2, 3, 10, 11]  # step 0 and three log-spaced windows of 2
+        assert expected_steps == [0, 1, 2, 3, 4, 10, 11]  # step 0 and windows of 2 from steps 1, 3 and 10
         for key in COMPONENTS + ["loss"]:
             history = metric_history(uri, child["run_id"], key)
             steps = sorted({s for s, _ in history})
@@ -81,7 +81,7 @@ def test_engine_from_python_returns_metrics_run_ids_and_paths(tmp_path):
     results = Engine(spec).run()
     assert [r.name for r in results] == ["s-seed0"] and results[0].status == "FINISHED"
     table = results[0].metrics
-    assert list(table["step"][table["spectral_position"].notna()]) == [0, 1, 2, 3, 10, 11]
+    assert list(table["step"][table["spectral_position"].notna()]) == [0, 1, 2, 3, 4, 10, 11]
     assert results[0].run_id and results[0].output_dir.is_dir()
     row = table[table["step"] == 2].iloc[0]
     # D = L · N · P and the actual loss change on B across the step are recorded.
@@ -149,7 +149,7 @@ def test_unreachable_tracking_server_still_leaves_the_metrics_table(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MLflow tracking at http://127.0.0.1" in done.stderr and "unavailable" in done.stderr
     rows = read_table(tmp_path / "out" / "tiny" / "runs" / "s-seed0" / "metrics.csv")
-    assert measured_steps(rows) == [0, 1, 2, 3, 10, 11]
+    assert measured_steps(rows) == [0, 1, 2, 3, 4, 10, 11]
 
 
 @pytest.fixture

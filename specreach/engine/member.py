@@ -233,12 +233,13 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
             optimizer.zero_grad(set_to_none=True)
             outputs = model(inputs)
             loss = loss_fn(outputs, targets)
-            if not torch.isfinite(loss):
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 previous = (f"last finite loss {last_finite[1]:.6g} at step {last_finite[0]}"
                             if last_finite[0] is not None else "no finite loss before it")
-                raise FloatingPointError(f"step {step}: the training loss is {float(loss)}; {previous}. "
+                raise FloatingPointError(f"step {step}: the training loss is {loss_value}; {previous}. "
                                          "Lower train.lr, add train.grad_clip or train.warmup_steps.")
-            last_finite = (step, loss.item())
+            last_finite = (step, loss_value)
             loss.backward()
             lr = scheduler.get_last_lr()[0]
             monitor.step(step, (inputs, targets), loss, outputs=outputs, lr=lr)
@@ -251,7 +252,7 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
                 monitor.record(step + 1, {"eval_loss": evaluate(model, loss_fn, pool, monitor.batch_size, device, dtype)})
             if run.train.checkpoint_every and (step + 1) % run.train.checkpoint_every == 0:
                 checkpoint(step + 1)
-            progress.update(step, float(loss), monitor.last_result.spectral_position if monitor.last_result else None)
+            progress.update(step, loss_value, monitor.last_result.spectral_position if monitor.last_result else None)
         final = {"eval_loss": evaluate(model, loss_fn, pool, monitor.batch_size, device, dtype)}
         monitor.record(steps, final)
         checkpoint(steps)

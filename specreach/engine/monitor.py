@@ -92,7 +92,7 @@ class LNPMonitor:
              lr: float | None = None) -> LNPResult | None:
         """Call after ``loss.backward()`` and before the optimizer step."""
         self._write_pending()
-        row: dict[str, Any] = {"step": step, "loss": float(loss.detach() if isinstance(loss, Tensor) else loss)}
+        row: dict[str, Any] = {"step": step, "loss": loss.item() if isinstance(loss, Tensor) else float(loss)}
         if lr is not None:
             row["lr"] = lr
         self._lr = lr
