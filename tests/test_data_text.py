@@ -105,9 +105,3 @@ def test_pydoc_text_is_the_help_topics_as_bytes():
     source = PydocText(context=64, validation_size=32)
     check_byte_split(source, stream, 64, 32)
     assert source.info().train_samples == (len(stream) - 32 * 65) // 65
-
-
-def test_pydoc_bytes_matches_the_demos_stream():
-    from specreach import demo
-
-    assert torch.equal(pydoc_bytes(), demo.pydoc_bytes())
