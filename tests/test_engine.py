@@ -222,3 +222,33 @@ def test_monitor_in_a_users_own_training_loop(tmp_path):
     assert run["status"] == "FINISHED"
     assert sorted(s for s, _ in metric_history(uri, run["run_id"], "spectral_position")) == [0, 4, 9]
     assert measured_steps(read_table(tmp_path / "m.csv")) == [0, 4, 9]
+
+
+def test_linear_probe_phase_probes_trained_and_random_backbones(tmp_path):
+    spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "model.sizes={s: {hidden: 8, ff: 16}}",
+                                            "probe={steps: 6}"])
+    results = {r.name: r for r in Engine(spec).run()}
+    assert list(results) == ["s-seed0", "s-seed0-probe-trained", "s-seed0-probe-random"]
+    assert all(r.status == "FINISHED" for r in results.values())
+    runs = {r["name"]: r for r in read_runs(f"sqlite:///{tmp_path / 'out' / 'tiny' / 'mlflow.db'}", "tiny")}
+    head = 8 * 256 + 256  # the probe's θ: a new linear head from the 8-wide representation to 256 tokens
+    for phase in ("trained", "random"):
+        run = runs[f"s-seed0-probe-{phase}"]
+        assert run["tags"]["phase"] == f"probe-{phase}"
+        assert int(run["tags"]["trainable_parameters"]) == head
+        table = results[f"s-seed0-probe-{phase}"].metrics
+        assert len(table["loss"].dropna()) == 6
+        assert set(c.split("/")[1] for c in table.columns if c.startswith("network_magnitude/")) == {"head"}
+    # The trained probe's backbone is the trained run's final model; the random one, the same recipe at init.
+    from specreach.engine.member import build_network
+    from specreach.models.parameterization import build_model, load_model
+
+    probe_runs = {r.name: r for r in Engine(spec).runs()}
+    trained_backbone = build_network(probe_runs["s-seed0-probe-trained"], 256).backbone
+    final, _ = load_model(results["s-seed0"].output_dir / "final.pt")
+    random_backbone = build_network(probe_runs["s-seed0-probe-random"], 256).backbone
+    initial = build_model(probe_runs["s-seed0"].recipe)
+    for name, value in trained_backbone.state_dict().items():
+        assert torch.equal(value, final.state_dict()[name]), name
+        assert torch.equal(random_backbone.state_dict()[name], initial.state_dict()[name]), name
+    assert not torch.equal(final.embedding.weight, initial.embedding.weight)
