@@ -24,3 +24,9 @@ def test_unknown_command_fails_with_usage():
     done = run("frobnicate")
     assert done.returncode != 0
     assert "invalid choice" in done.stderr
+
+
+def test_ui_needs_a_run_directory(tmp_path):
+    done = run("ui", str(tmp_path))
+    assert done.returncode == 2
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in done.stderr

@@ -256,7 +256,8 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
         final = {"eval_loss": evaluate(model, loss_fn, pool, monitor.batch_size, device, dtype)}
         monitor.record(steps, final)
         checkpoint(steps)
-        save_checkpoint(run.output_dir / "final.pt", model, run.recipe) if run.phase == "train" else None
+        if run.phase == "train":  # probes of a trained backbone load this
+            save_checkpoint(run.output_dir / "final.pt", model, run.recipe)
     except Interrupted:
         checkpoint(step)
         status, message, final = "KILLED", f"interrupted at step {step}; resume with `specreach run --resume`", {}
