@@ -91,9 +91,14 @@ class TrainSection(Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
     batch_size: int = Field(32, ge=1, description="Training batch size.")
     steps: int | None = Field(None, ge=1, description="Training steps (default: `epochs` passes over the data).")
+    flops: float | None = Field(None, gt=0, description=(
+        "Compute budget in FLOPs, 6 · parameters · tokens: sets each size's steps (isocompute sweeps)."))
     epochs: int = Field(1, ge=1, description="Passes over the data when `steps` is not given.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Model seeds to sweep.")
+    seed_params: dict[str, int] = Field(default_factory=dict, description=(
+        "Dotted keys set to the run's seed plus the given offset, e.g. {data.params.teacher_seed: 1000}: "
+        "parameters that should vary with the model seed."))
     data_seed: int = Field(0, description="Seed of the data order (the same for every model seed).")
     device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
@@ -166,6 +171,25 @@ class Spec(Strict):
     probe: ProbeSection | None = Field(None, description="Optional linear-probe phase.")
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     output: Path = Field(Path("runs"), description="Output directory; each spec writes into output/name.")
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description=(
+        "Dotted keys and the values to sweep them over, e.g. {data.params.alpha: [1.5, 2, 3]}: one set of "
+        "runs per combination (times sizes and seeds)."))
+
+    @model_validator(mode="after")
+    def _sweeps_apply(self):
+        if self.train.steps is not None and self.train.flops is not None:
+            raise ValueError("train.flops: give either train.steps or train.flops, not both")
+        for key, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep.{key}: give at least one value")
+            if key.split(".")[0] in ("name", "sweep", "output"):
+                raise ValueError(f"sweep.{key}: '{key.split('.')[0]}' cannot be swept")
+        for assignments in sweep_combinations(self.sweep):
+            with_values(self, assignments)  # every combination must make a valid spec
+        if self.train.seed_params:
+            with_values(self, {key: self.train.seeds[0] + offset for key, offset in self.train.seed_params.items()},
+                        what="train.seed_params")
+        return self
 
     @model_validator(mode="after")
     def _sizes_have_rates(self):
@@ -176,3 +200,31 @@ class Spec(Strict):
             raise ValueError(f"train.lr_per_size: names sizes that the model does not sweep: {sorted(unknown)} "
                              f"(sizes: {sizes})")
         return self
+
+
+def sweep_combinations(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the swept values, in order (one empty combination without a sweep)."""
+    combinations: list[dict[str, Any]] = [{}]
+    for key, values in sweep.items():
+        combinations = [{**combination, key: value} for combination in combinations for value in values]
+    return combinations
+
+
+def with_values(spec: "Spec", assignments: dict[str, Any], what: str = "sweep") -> "Spec":
+    """A copy of ``spec`` with dotted keys set (and no sweep), validated again."""
+    if not assignments:
+        return spec
+    data = spec.model_dump(mode="json")
+    data["sweep"] = {}
+    for key, value in assignments.items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"{what}.{key}: '{part}' is not a section that '{key}' can reach")
+            node = node[part]
+        node[last] = value
+    try:
+        return Spec.model_validate(data)
+    except ValueError as error:
+        raise ValueError(f"{what}.{next(iter(assignments))}: with {assignments}: {error}") from None

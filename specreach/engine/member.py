@@ -75,9 +75,17 @@ def warmup_factor(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
-def total_steps(run: RunSpec, data: DataSource) -> int:
+def tokens_per_sample(info) -> int:
+    """Tokens one sample puts through the model: its positions for next-token tasks, else 1."""
+    return info.input_shape[0] if info.task == "next-token" else 1
+
+
+def total_steps(run: RunSpec, data: DataSource, parameters: int) -> int:
     if run.train.steps is not None:
         return run.train.steps
+    if run.train.flops is not None:  # C = 6 · N · D: the steps this size can afford
+        tokens_per_step = run.train.batch_size * tokens_per_sample(data.info())
+        return max(1, round(run.train.flops / (6 * parameters * tokens_per_step)))
     samples = data.info().train_samples
     if samples is None:
         raise ValueError(f"data '{run.data.kind}' is an unbounded stream: give train.steps")
@@ -170,7 +178,7 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
     if run.phase == "train":
         check_model_fits_data(model, run.recipe.params, info, _to(pool[0][:2], device, dtype),
                               run.recipe.kind, run.data.kind)
-    steps = total_steps(run, data)
+    steps = total_steps(run, data, sum(p.numel() for p in model.parameters() if p.requires_grad))
     optimizer = optimizer_for(model, run.recipe.parameterization, lr=run.train.lr, betas=run.train.betas,
                               weight_decay=run.train.weight_decay, eps=run.train.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(run.train.warmup_steps))
@@ -179,7 +187,7 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
     tags = {"specreach.spec": run.spec_name, "architecture": run.recipe.kind, "size": run.size,
             "parameters": parameters, "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "seed": run.seed, "parameterization": run.recipe.parameterization.kind, "phase": run.phase,
-            "data": run.data.kind}
+            "data": run.data.kind, **{f"sweep.{key}": value for key, value in run.sweep.items()}}
     tracker = Tracker.disabled()
     if run.tracking.enabled:
         tracker = Tracker.start(
@@ -194,6 +202,7 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
         schedule=run.measure.schedule, estimator=run.measure.estimator, probes=run.measure.probes,
         estimator_options=run.measure.options, batch_size=run.measure.batch_size or run.train.batch_size,
         cross_batch=run.measure.cross_batch, seed=run.seed, tracker=tracker, table=table,
+        spectra_dir=run.output_dir / "spectra",
     )
     if not run.measure.enabled:
         monitor.schedule = {}
@@ -218,7 +227,9 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
         torch.save(state, temporary)
         temporary.replace(checkpoint_path)
 
-    (run.output_dir / "run.json").write_text(json.dumps({"name": run.name, **tags}, indent=2))
+    (run.output_dir / "run.json").write_text(json.dumps(
+        {"name": run.name, **tags, "steps": steps, "sweep": run.sweep, "run_spec": run.model_dump(mode="json")},
+        indent=2, default=str))
     _write_status(run, status="RUNNING", run_id=tracker.run_id, step=start)
     progress = Progress(run.name, steps, start)
     last_finite = (None, None)
@@ -267,6 +278,8 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
         progress.close()
     monitor.flush()
     tracker.log_artifact(metrics_path)
+    if (run.output_dir / "spectra").is_dir():
+        tracker.log_artifact(run.output_dir / "spectra")
     tracker.finish(status, message or None)
     _write_status(run, status=status, run_id=tracker.run_id, step=step, message=message, final=final)
     return MemberResult(run.name, status, tracker.run_id, run.output_dir, metrics_path, message, final)

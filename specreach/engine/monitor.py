@@ -15,7 +15,7 @@
     monitor.close()
 
 Every step records the training loss; scheduled steps add every LNP component (raw and
-normalized), the window, the loss on B before and after the update and the change
+normalized), the window (and, for explicit-kernel estimators, the spectrum in ``spectra_dir``), the loss on B before and after the update and the change
 ΔL_B, with the SGD-linear prediction −lr·D beside it (with Adam the update is preconditioned,
 so ΔL_B − (−lr·D) mixes the non-linear remainder with the preconditioning).
 """
@@ -57,6 +57,7 @@ class LNPMonitor:
         tracking_uri: str | None = None,
         experiment: str = "specreach",
         run_name: str = "monitor",
+        spectra_dir: str | Path | None = None,
     ):
         if cross_batch and validation_pool is None:
             raise ValueError("cross-batch measurement draws B from a validation pool; pass validation_pool "
@@ -73,6 +74,7 @@ class LNPMonitor:
             tracker = Tracker.start(tracking_uri, experiment, run_name)
         self.tracker = tracker or Tracker.disabled()
         self.table = MetricsTable(Path(table)) if isinstance(table, (str, Path)) else table
+        self.spectra_dir = Path(spectra_dir) if spectra_dir is not None else None
         self.last_result: LNPResult | None = None
         self._pending: dict[str, Any] | None = None
         self._batch_b: tuple[Tensor, Tensor] | None = None
@@ -108,10 +110,20 @@ class LNPMonitor:
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())
+            if result.eigenvalues is not None and self.spectra_dir is not None:
+                self._save_spectrum(step, result)
             if lr is not None:
                 row["delta_loss_b_sgd_linear"] = -lr * result.grad_dot
         self._pending = row
         return result
+
+    def _save_spectrum(self, step: int, result: LNPResult) -> None:
+        """Explicit-kernel estimators give the eNTK spectrum and projections: keep them per step."""
+        import numpy as np
+
+        self.spectra_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(self.spectra_dir / f"step{step:07d}.npz", eigenvalues=np.array(result.eigenvalues),
+                 projections=np.array(result.projections), step=step)
 
     def after_update(self) -> None:
         """Record the actual change of the loss on B across the update just made."""

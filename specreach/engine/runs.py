@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from specreach.models.parameterization import ModelRecipe, Parameterization
-from specreach.spec import DataSection, MeasureSection, Spec, TrainSection
+from typing import Any
+
+from specreach.spec import DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, with_values
 
 Phase = Literal["train", "probe-trained", "probe-random"]
 
@@ -38,39 +40,57 @@ class RunSpec(BaseModel):
     output_dir: Path
     tracking: TrackingTarget
     backbone_checkpoint: Path | None = None  # probe-trained: the trained run's final checkpoint
+    sweep: dict[str, Any] = {}  # this run's values of the spec's swept keys
+
+
+def sweep_label(assignments: dict) -> str:
+    """``{"data.params.alpha": 1.5}`` → ``"alpha=1.5"`` (part of run names)."""
+    return "-".join(f"{key.split('.')[-1]}={value}" for key, value in assignments.items())
 
 
 def expand(spec: Spec, root: Path, tracking: TrackingTarget) -> list[RunSpec]:
     runs: list[RunSpec] = []
-    for size, kind, params, preset_parameterization, preset_lr in spec.model.members():
-        parameterization = spec.parameterization
-        if preset_parameterization is not None and preset_parameterization.get("kind") == "mup" \
-                and spec.parameterization.kind == "standard":
-            parameterization = Parameterization(**preset_parameterization)
-        if size in spec.train.lr_per_size:
-            lr = spec.train.lr_per_size[size]
-        elif preset_lr is not None and "lr" not in spec.train.model_fields_set:
-            lr = preset_lr  # the paper's rate for this size, unless the spec sets one
-        else:
-            lr = spec.train.lr
-        train = spec.train.model_copy(update={"lr": lr})
-        for seed in spec.train.seeds:
-            name = f"{size}-seed{seed}"
-            base = RunSpec(
-                spec_name=spec.name, name=name, size=size, seed=seed,
-                recipe=ModelRecipe(kind=kind, params=params, parameterization=parameterization, seed=seed),
-                data=spec.data, train=train, measure=spec.measure, output_dir=root / "runs" / name,
-                tracking=tracking,
-            )
-            runs.append(base)
-            if spec.probe is not None:
-                probe_train = train if spec.probe.steps is None else train.model_copy(update={"steps": spec.probe.steps})
-                for backbone in spec.probe.backbones:
-                    probe_name = f"{name}-probe-{backbone}"
-                    checkpoint = spec.probe.checkpoint or (base.output_dir / "final.pt")
-                    runs.append(base.model_copy(update={
-                        "name": probe_name, "phase": f"probe-{backbone}", "train": probe_train,
-                        "output_dir": root / "runs" / probe_name,
-                        "backbone_checkpoint": checkpoint if backbone == "trained" else None,
-                    }))
+    for assignments in sweep_combinations(spec.sweep):
+        swept = with_values(spec, assignments)
+        prefix = f"{sweep_label(assignments)}-" if assignments else ""
+        for seed in swept.train.seeds:
+            seeded = with_values(swept, {key: seed + offset for key, offset in swept.train.seed_params.items()},
+                                 what="train.seed_params")
+            for size, kind, params, preset_parameterization, preset_lr in seeded.model.members():
+                runs.extend(_runs_of_member(seeded, root, tracking, f"{prefix}{size}-seed{seed}", size, seed, kind,
+                                            params, preset_parameterization, preset_lr, assignments))
+    return runs
+
+
+def _runs_of_member(spec: Spec, root: Path, tracking: TrackingTarget, name: str, size: str, seed: int, kind: str,
+                    params: dict, preset_parameterization: dict | None, preset_lr: float | None,
+                    sweep: dict) -> list[RunSpec]:
+    parameterization = spec.parameterization
+    if preset_parameterization is not None and preset_parameterization.get("kind") == "mup" \
+            and spec.parameterization.kind == "standard":
+        parameterization = Parameterization(**preset_parameterization)
+    if size in spec.train.lr_per_size:
+        lr = spec.train.lr_per_size[size]
+    elif preset_lr is not None and "lr" not in spec.train.model_fields_set:
+        lr = preset_lr  # the paper's rate for this size, unless the spec sets one
+    else:
+        lr = spec.train.lr
+    train = spec.train.model_copy(update={"lr": lr})
+    base = RunSpec(
+        spec_name=spec.name, name=name, size=size, seed=seed, sweep=sweep,
+        recipe=ModelRecipe(kind=kind, params=params, parameterization=parameterization, seed=seed),
+        data=spec.data, train=train, measure=spec.measure, output_dir=root / "runs" / name, tracking=tracking,
+    )
+    runs = [base]
+    if spec.probe is not None:
+        probe_train = train if spec.probe.steps is None else train.model_copy(update={"steps": spec.probe.steps,
+                                                                                      "flops": None})
+        for backbone in spec.probe.backbones:
+            probe_name = f"{name}-probe-{backbone}"
+            checkpoint = spec.probe.checkpoint or (base.output_dir / "final.pt")
+            runs.append(base.model_copy(update={
+                "name": probe_name, "phase": f"probe-{backbone}", "train": probe_train,
+                "output_dir": root / "runs" / probe_name,
+                "backbone_checkpoint": checkpoint if backbone == "trained" else None,
+            }))
     return runs
