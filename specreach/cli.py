@@ -40,6 +40,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "FAILED" for r in results) else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specreach.report import report
+
+    output = Path(args.output) if args.output else Path(args.directories[0]) / "report"
+    for path in report([Path(d) for d in args.directories], output):
+        print(path)
+    print(f"numbers: {output / 'summary.json'}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from specreach.config import SpecError, load_spec
     from specreach.engine import Engine
@@ -137,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="DIR", help="output directory (overrides the spec's)")
     run.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: SQLite in the output)")
     run.set_defaults(run=cmd_run)
+
+    report = commands.add_parser("report", help="draw the paper's figures from recorded runs")
+    report.add_argument("directories", nargs="+", help="run output directories (spec roots or single runs)")
+    report.add_argument("--output", metavar="DIR", help="where to write the figures (default: FIRST/report)")
+    report.set_defaults(run=cmd_report)
 
     validate = commands.add_parser("validate", help="check a spec (and overrides) without running it")
     validate.add_argument("spec")

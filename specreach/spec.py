@@ -95,7 +95,7 @@ class TrainSection(Strict):
         "Compute budget in FLOPs, 6 · parameters · tokens: sets each size's steps (isocompute sweeps)."))
     epochs: int = Field(1, ge=1, description="Passes over the data when `steps` is not given.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Model seeds to sweep.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Model seeds to sweep (a list, or a count n for 0 … n-1).")
     seed_params: dict[str, int] = Field(default_factory=dict, description=(
         "Dotted keys set to the run's seed plus the given offset, e.g. {data.params.teacher_seed: 1000}: "
         "parameters that should vary with the model seed."))
@@ -104,6 +104,16 @@ class TrainSection(Strict):
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
     checkpoint_every: int | None = Field(None, ge=1, description="Write a checkpoint every N steps.")
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _count_means_range(cls, value):
+        """``seeds: 100`` is short for seeds 0 … 99."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError(f"seeds: a count must be positive, got {value}")
+            return list(range(value))
+        return value
 
     @field_validator("lr_per_size")
     @classmethod
@@ -215,7 +225,9 @@ def with_values(spec: "Spec", assignments: dict[str, Any], what: str = "sweep") 
     if not assignments:
         return spec
     data = spec.model_dump(mode="json")
-    data["sweep"] = {}
+    data["sweep"] = {}  # applied: the copy is one member of the sweep
+    if what == "train.seed_params":
+        data["train"]["seed_params"] = {}  # applied for one seed
     for key, value in assignments.items():
         node = data
         *parents, last = key.split(".")

@@ -139,3 +139,33 @@ def test_schema_is_json_with_every_section():
     done = subprocess.run([sys.executable, "-m", "specreach.cli", "schema"], capture_output=True, text=True)
     schema = json.loads(done.stdout)
     assert {"name", "model", "data", "train", "measure", "probe", "tracking", "output"} <= set(schema["properties"])
+
+
+def test_sweeps_and_seed_linked_parameters_expand_to_runs(tmp_path):
+    from specreach import Engine
+
+    spec = load_spec(write_spec(tmp_path), ["sweep={train.weight_decay: [0.0, 0.1]}", "train.seeds=2",
+                                            "train.seed_params={train.data_seed: 10}"])
+    runs = Engine(spec).runs()
+    assert [r.name for r in runs] == [f"weight_decay={wd}-{size}-seed{seed}" for wd in (0.0, 0.1)
+                                      for seed in (0, 1) for size in ("s", "m")]
+    assert {(r.train.weight_decay, r.seed, r.train.data_seed) for r in runs} == {
+        (wd, seed, 10 + seed) for wd in (0.0, 0.1) for seed in (0, 1)}
+    assert runs[0].sweep == {"train.weight_decay": 0.0}
+
+
+def test_a_sweep_value_that_breaks_the_spec_is_reported(tmp_path):
+    with pytest.raises(SpecError, match="sweep.train.lr: with {'train.lr': -1}"):
+        load_spec(write_spec(tmp_path), ["sweep={train.lr: [0.1, -1]}"])
+
+
+def test_flops_budget_sets_steps_per_size(tmp_path):
+    from specreach import Engine
+    from specreach.engine.member import build_data, total_steps
+    from specreach.models.parameterization import build_model
+
+    spec = load_spec(write_spec(tmp_path), ["train.steps=null", "train.flops=1.0e+9"])
+    for run in Engine(spec).runs():
+        parameters = sum(p.numel() for p in build_model(run.recipe).parameters())
+        tokens = run.train.batch_size * 16  # batch × context
+        assert total_steps(run, build_data(run), parameters) == round(1.0e9 / (6 * parameters * tokens))

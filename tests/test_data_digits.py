@@ -23,3 +23,15 @@ def test_inputs_are_the_images_scaled_and_the_tail_is_held_out():
     assert len(train_inputs) == len(digits.images) - 200 == source.info().train_samples
     assert 0 <= train_inputs.min() and train_inputs.max() <= 1
     assert samples(train_inputs, train_labels) == samples(images[:-200], labels[:-200])
+
+
+def test_next_pixel_task_predicts_each_level_from_the_ones_before():
+    source = Digits(task="next-pixel", validation_size=97)
+    info = source.info()
+    assert (info.task, info.vocab, info.input_shape) == ("next-token", 17, (63,))
+    inputs, targets = source.validation_pool()
+    levels = torch.from_numpy(load_digits().images).long().reshape(-1, 64)[-97:]
+    assert torch.equal(inputs, levels[:, :-1]) and torch.equal(targets, levels[:, 1:])
+    x, y = next(source.train_batches(5, data_seed=0))
+    assert x.shape == (5, 63) and y.dtype == torch.int64 and int(x.max()) <= 16
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one pixel

@@ -4,12 +4,16 @@
 (pixel values 0 … 16). Inputs are float32 (1, 8, 8) scaled to [0, 1] by dividing by 16;
 targets are the digits 0 … 9. The split is fixed: the last ``validation_size`` images (in the
 package's order) are the validation pool, the others the training set.
+
+``task: next-pixel`` turns each image into a sequence of its 64 pixel levels (0 … 16, vocab 17,
+row by row), inputs pixels 0 … 62 and targets 1 … 63: a miniature of CIFAR-5M's next-pixel task
+that runs on a CPU.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +32,8 @@ class DigitsParams(BaseModel):
     validation_size: int = Field(
         297, ge=1, lt=DIGITS_SAMPLES, description="Images held out as the validation pool (the last ones)."
     )
+    task: Literal["classification", "next-pixel"] = Field(
+        "classification", description="Classify the digit, or predict each pixel level (0-16) from the ones before.")
 
 
 class Digits(DataSource):
@@ -35,16 +41,19 @@ class Digits(DataSource):
     Params = DigitsParams
 
     def info(self) -> DataInfo:
-        return DataInfo(
-            task="classification", input_shape=(1, 8, 8), classes=10,
-            train_samples=DIGITS_SAMPLES - self.params.validation_size,
-        )
+        train_samples = DIGITS_SAMPLES - self.params.validation_size
+        if self.params.task == "next-pixel":
+            return DataInfo(task="next-token", input_shape=(63,), vocab=17, train_samples=train_samples)
+        return DataInfo(task="classification", input_shape=(1, 8, 8), classes=10, train_samples=train_samples)
 
     @cached_property
     def _all(self) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits  # slow to import: only when the data is needed
 
         digits = load_digits()
+        if self.params.task == "next-pixel":
+            levels = torch.from_numpy(digits.images).long().reshape(-1, 64)
+            return levels[:, :-1].contiguous(), levels[:, 1:].contiguous()
         images = torch.from_numpy(digits.images).float().unsqueeze(1) / PIXEL_MAX
         return images, torch.from_numpy(digits.target).long()
 
