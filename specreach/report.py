@@ -309,7 +309,7 @@ def hutchinson_summary(runs: list[RunData]) -> dict:
     by_probes: dict[int, list[float]] = defaultdict(list)
     for run in runs:
         probes = run.meta.get("sweep", {}).get("measure.probes")
-        if probes is None:
+        if probes is None or _phase(run) != "train":
             continue
         for row in run.rows:
             if _finite(row.get("chi_net_a_stderr")) and _finite(row.get("chi_net_a")):
