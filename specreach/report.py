@@ -172,6 +172,7 @@ def plot_rfm(summary: dict, path: Path) -> Path:
         ax.errorbar(alphas, means, yerr=np.nan_to_num(errors), marker="o", capsize=3, label="measured")
         if expected is not None:
             ax.axhline(expected, color="gray", ls="--", label=f"theory: {expected:g}")
+            ax.set_ylim(0.8 * expected, 1.2 * expected)  # flat in α: show it on a ±20 % scale
         ax.set(xlabel="α", title=title)
     theory = np.array([summary[a]["P_theory_arccos"][0] for a in alphas])
     axes[2].plot(alphas, theory, "s--", label="E_z[P], arc-cosine kernel")

@@ -252,3 +252,19 @@ def test_linear_probe_phase_probes_trained_and_random_backbones(tmp_path):
         assert torch.equal(value, final.state_dict()[name]), name
         assert torch.equal(random_backbone.state_dict()[name], initial.state_dict()[name]), name
     assert not torch.equal(final.embedding.weight, initial.embedding.weight)
+
+
+def test_a_run_spec_is_picklable_and_runs_in_another_process(tmp_path):
+    import multiprocessing
+    import pickle
+
+    from specreach.engine import run_member
+
+    spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "tracking={enabled: false}",
+                                            "model.sizes={s: {hidden: 8, ff: 16}}"])
+    (run,) = Engine(spec).runs()
+    assert pickle.loads(pickle.dumps(run)) == run
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(run_member, (run,))
+    assert result.status == "FINISHED" and result.output_dir == run.output_dir
+    assert measured_steps(read_table(result.metrics_path)) == [0, 1, 2, 3, 4, 10, 11]
