@@ -112,6 +112,8 @@ def yaml_value(value: Any) -> str:
 def default_text(field: FieldInfo, sections: dict[type[BaseModel], str]) -> str:
     if field.is_required():
         return "required"
+    if field.default_factory is not None and field.default_factory_takes_validated_data:
+        return "derived from the other keys"
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         # A section that is present by default: its own table lists the defaults.

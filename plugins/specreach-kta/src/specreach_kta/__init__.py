@@ -1,27 +1,24 @@
-"""Kernel-target alignment of the eNTK with the loss gradient, as a specreach estimator plugin."""
+"""An example specreach plugin: the ``kta`` estimator and the ``xor-quadrants`` data source.
+
+The entry point (``[project.entry-points.specreach]`` in pyproject.toml) names this module;
+specreach registers it with pluggy, which calls each ``@hookimpl`` below with a ``register``
+callable, the same way the built-in estimators and data sources register.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-
-from specreach.lnp.entk import Entk
 from specreach.plugins import hookimpl
+from specreach_kta.kta import KernelTargetAlignment
+from specreach_kta.xor_quadrants import XorQuadrants
 
-
-class KernelTargetAlignment(Entk):
-    """``entk`` plus ``extras['kernel_target_alignment']`` = g_Bᵀ Θ_BA g_A / (‖Θ_BA‖_F ‖g_A‖ ‖g_B‖)."""
-
-    name = "kta"
-
-    def measure(self, problem):
-        lin_a, lin_b = self.kernel_problem(problem)
-        result = self.result_from(problem, lin_a, lin_b)
-        kernel_norm = float((lin_b.jacobian @ lin_a.jacobian.T).norm())
-        denominator = kernel_norm * result.loss_magnitude
-        alignment = result.grad_dot / denominator if denominator > 0 else float("nan")
-        return dataclasses.replace(result, extras={"kernel_target_alignment": alignment})
+__all__ = ["KernelTargetAlignment", "XorQuadrants"]
 
 
 @hookimpl
 def register_estimators(register):
     register(KernelTargetAlignment)
+
+
+@hookimpl
+def register_datasets(register):
+    register(XorQuadrants)
