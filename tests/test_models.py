@@ -191,3 +191,21 @@ def test_linear_probe_trains_the_head_only(float64, kind):
     expected = lnp_reference(probe, loss_fn, batch_a, batch_b)
     assert result.spectral_position == pytest.approx(expected["spectral_position"], rel=1e-6)
     assert set(result.network_magnitude_by_group) == {"head"}
+
+
+def test_random_feature_builder_agrees_with_entk(float64):
+    model = build_model(ModelRecipe(kind="random-features", params={"inputs": 5, "features": 12})).double()
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == ["readout.weight"]
+    with torch.no_grad():
+        model.readout.weight.normal_()  # away from the zero initialization, so that f ≠ 0
+    batch_a = (torch.randn(6, 5), torch.randn(6, 1))
+    batch_b = (torch.randn(4, 5), torch.randn(4, 1))
+    loss_fn = torch.nn.functional.mse_loss
+    expected = lnp_reference(model, loss_fn, batch_a, batch_b)
+    for estimator in ("exact", "hutchinson", "entk"):
+        result = measure_lnp(model, loss_fn, batch_a, batch_b, estimator=estimator)
+        # One output per sample: a Rademacher probe is ±1, so even Hutchinson is exact here.
+        assert result.spectral_position == pytest.approx(expected["spectral_position"], rel=1e-6), estimator
+    with pytest.raises(ValueError, match="frozen first layer"):
+        build_model(ModelRecipe(kind="random-features", params={"inputs": 5, "features": 12},
+                                parameterization=Parameterization(kind="mup", base_width=4)))
