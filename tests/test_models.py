@@ -209,3 +209,16 @@ def test_random_feature_builder_agrees_with_entk(float64):
     with pytest.raises(ValueError, match="frozen first layer"):
         build_model(ModelRecipe(kind="random-features", params={"inputs": 5, "features": 12},
                                 parameterization=Parameterization(kind="mup", base_width=4)))
+
+
+def test_mup_reinitializes_hidden_weights_only():
+    params = dict(TINY["vit"], hidden=32, mlp=64, heads=2)
+    standard = build_model(ModelRecipe(kind="vit", params=params, seed=5))
+    scaled = build_model(ModelRecipe(kind="vit", params=params, seed=5,
+                                     parameterization=Parameterization(kind="mup", base_width=8)))
+    # Input-like weights (one width dimension) keep the standard initialization...
+    assert torch.equal(scaled.patch_embed.proj.weight, standard.patch_embed.proj.weight)
+    assert torch.equal(scaled.pos_embed, standard.pos_embed)
+    # ...hidden weights get std 0.02 at the base width, shrunk by sqrt(fan-in multiplier) = 2 here.
+    hidden = torch.cat([b.mlp.fc1.weight.flatten() for b in scaled.blocks])
+    assert float(hidden.std()) == pytest.approx(0.02 / 2, rel=0.1)

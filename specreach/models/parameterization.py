@@ -82,12 +82,15 @@ def apply_mup(model: nn.Module, builder: ModelBuilder, params: BaseModel, base_w
 
 
 def reinitialize(model: nn.Module) -> None:
-    """muP initialization: matrix-like weights get std INIT_STD scaled by their infshape's fan-in.
-    Readouts keep the initialization ``set_base_shapes`` gave them; norms and biases keep theirs."""
+    """muP initialization of the hidden weights (both dimensions scale with width): std INIT_STD
+    at the base width, scaled by 1/sqrt(fan-in multiplier). Input-like weights (a patch
+    embedding, token embeddings, positional embeddings: one width dimension), norms and biases
+    keep the builder's standard initialization, which muP leaves as it is; readouts keep the
+    initialization ``set_base_shapes`` rescaled."""
     readout_params = {id(p) for m in model.modules() if isinstance(m, mup.MuReadout) for p in m.parameters()}
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if id(param) in readout_params or param.dim() < 2:
+        for param in model.parameters():
+            if id(param) in readout_params or param.infshape.ninf() != 2:
                 continue
             mup.init.normal_(param, std=INIT_STD)
 
