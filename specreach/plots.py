@@ -33,7 +33,9 @@ class RunData:
 
     @property
     def size(self) -> str:
-        return self.meta.get("size", self.name)
+        """The size name; muP runs are marked so that they never pool with standard ones."""
+        size = self.meta.get("size", self.name)
+        return f"{size} (muP)" if self.meta.get("parameterization") == "mup" else size
 
     @property
     def parameters(self) -> int | None:
