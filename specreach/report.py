@@ -291,16 +291,22 @@ def isocompute_summary(runs: list[RunData]) -> dict:
         flops = run.meta.get("sweep", {}).get("train.flops")
         final = _last(run.rows, "eval_loss")
         if flops is not None and final is not None and _phase(run) == "train":
-            budgets[float(flops)].append((run.parameters, final, run.size))
+            positions = window_means(run.rows, "spectral_position")[1]
+            last_position = float(positions[-1]) if len(positions) else math.nan
+            budgets[float(flops)].append((run.parameters, final, run.size, last_position, run.meta.get("steps")))
     return {flops: sorted(points) for flops, points in sorted(budgets.items())}
 
 
 def plot_isocompute(summary: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    """Final loss and last-window P against size, one curve per budget (paper Figure 8)."""
+    fig, (ax_loss, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
     for flops, points in summary.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{flops:.2g} FLOPs")
-    ax.set(xscale="log", xlabel="parameters", ylabel="final validation loss", title="fixed compute budgets")
-    ax.legend(fontsize=8)
+        sizes = [p[0] for p in points]
+        ax_loss.plot(sizes, [p[1] for p in points], marker="o", label=f"{flops:.2g} FLOPs")
+        ax_p.plot(sizes, [p[3] for p in points], marker="o", label=f"{flops:.2g} FLOPs")
+    ax_loss.set(xscale="log", xlabel="parameters", ylabel="final validation loss", title="fixed compute budgets")
+    ax_p.set(xscale="log", yscale="log", xlabel="parameters", ylabel="P, last window")
+    ax_loss.legend(fontsize=8)
     return _save(fig, path)
 
 
