@@ -220,5 +220,5 @@ def test_mup_reinitializes_hidden_weights_only():
     assert torch.equal(scaled.patch_embed.proj.weight, standard.patch_embed.proj.weight)
     assert torch.equal(scaled.pos_embed, standard.pos_embed)
     # ...hidden weights get std 0.02 at the base width, shrunk by sqrt(fan-in multiplier) = 2 here.
-    hidden = torch.cat([b.mlp.fc1.weight.flatten() for b in scaled.blocks])
+    hidden = torch.cat([b.mlp.fc1.weight.detach().flatten() for b in scaled.blocks])
     assert float(hidden.std()) == pytest.approx(0.02 / 2, rel=0.1)
