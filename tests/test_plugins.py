@@ -4,7 +4,6 @@ import importlib.metadata
 import types
 
 import pytest
-import torch
 
 import cases
 from reference import lnp_reference

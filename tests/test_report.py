@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from engine_helpers import TINY_SPEC, write_spec
+from engine_helpers import write_spec
 from specreach import Engine, load_spec
 from specreach.cli import main
 from specreach.engine.metrics_table import read_table

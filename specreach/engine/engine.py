@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from specreach.engine.member import MemberResult, read_status, run_member
+from specreach.engine.member import read_status, run_member
 from specreach.engine.metrics_table import read_table
 from specreach.engine.runs import RunSpec, TrackingTarget, expand
 from specreach.spec import Spec

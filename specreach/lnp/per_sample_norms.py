@@ -28,7 +28,6 @@ from typing import Mapping
 import torch
 from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
-from opacus.grad_sample.linear import compute_linear_grad_sample, compute_linear_norm_sample
 from torch import Tensor, nn
 
 from specreach.lnp import opacus_rules  # noqa: F401  (registers the extra Opacus rules)

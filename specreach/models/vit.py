@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mup
 import timm.models.vision_transformer as timm_vit
-import torch
 from torch import Tensor
 
 
@@ -32,7 +31,3 @@ def build_vit(image_size: int, channels: int, patch: int, hidden: int, mlp: int,
             block.attn.scale = 1.0 / block.attn.head_dim
         model.head = mup.MuReadout(hidden, classes)
     return model
-
-
-def attention_logit_scales(model: torch.nn.Module) -> list[float]:
-    return [block.attn.scale for block in model.blocks]

@@ -25,7 +25,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch import Tensor
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, shuffled_order
