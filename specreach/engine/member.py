@@ -252,7 +252,7 @@ def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) ->
             last_finite = (step, loss_value)
             loss.backward()
             lr = scheduler.get_last_lr()[0]
-            monitor.step(step, (inputs, targets), loss, outputs=outputs, lr=lr)
+            monitor.step(step, (inputs, targets), loss_value, outputs=outputs, lr=lr)
             if run.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
             optimizer.step()

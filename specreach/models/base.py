@@ -36,7 +36,7 @@ class ModelBuilder(ABC):
 
     def representation_size(self, params: BaseModel) -> int:
         """Size of the last dimension of ``features(inputs)``."""
-        raise NotImplementedError(f"model '{self.name}' does not support linear probes")
+        raise ValueError(f"model '{self.name}' has no final-layer representation to probe")
 
 
 def scaled_dimension(value: int, width: int, reference: int, what: str) -> int:
