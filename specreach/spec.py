@@ -101,6 +101,9 @@ class TrainSection(Strict):
         "parameters that should vary with the model seed."))
     data_seed: int = Field(0, description="Seed of the data order (the same for every model seed).")
     device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
+    threads: int | None = Field(None, ge=1, description=(
+        "Torch CPU threads for the run (default: torch's). 1 avoids oversubscription when several runs "
+        "share the cores; small models gain little from more."))
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
     checkpoint_every: int | None = Field(None, ge=1, description="Write a checkpoint every N steps.")

@@ -267,3 +267,14 @@ def test_a_run_spec_is_picklable_and_runs_in_another_process(tmp_path):
         result = pool.apply(run_member, (run,))
     assert result.status == "FINISHED" and result.output_dir == run.output_dir
     assert measured_steps(read_table(result.metrics_path)) == [0, 1, 2, 3, 4, 10, 11]
+
+
+def test_threads_apply_to_the_run_only(tmp_path, monkeypatch):
+    from specreach.engine import member
+
+    seen = []
+    monkeypatch.setattr(member, "_run_member", lambda run, stop: seen.append(torch.get_num_threads()) or "done")
+    spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "train.threads=1"])
+    before = torch.get_num_threads()
+    assert member.run_member(Engine(spec).runs()[0]) == "done"
+    assert seen == [1] and torch.get_num_threads() == before

@@ -161,6 +161,16 @@ class Progress:
 
 def run_member(run: RunSpec, should_stop: Callable[[], bool] = lambda: False) -> MemberResult:
     """Train (or resume) one run to the end, an interruption, or a failure."""
+    threads = torch.get_num_threads()
+    if run.train.threads is not None:
+        torch.set_num_threads(run.train.threads)
+    try:
+        return _run_member(run, should_stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_member(run: RunSpec, should_stop: Callable[[], bool]) -> MemberResult:
     run.output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run.output_dir / "checkpoint.pt"
     metrics_path = run.output_dir / "metrics.csv"
