@@ -48,7 +48,9 @@ def entk_memory_bytes(rows_a: int, rows_b: int, num_params: int, itemsize: int) 
     return rows * num_params * (itemsize + 8) + (rows_a * rows_a + rows_a * rows_b) * 8
 
 
-def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size: int | None) -> Linearization:
+def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size: int | None,
+              outputs: Tensor) -> Linearization:
+    """J and g of one batch; ``outputs`` is the model's (detached) output on it."""
     names = list(problem.params)
     values = tuple(p.detach() for p in problem.params.values())
 
@@ -56,7 +58,6 @@ def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size:
         outputs = torch.func.functional_call(problem.model, dict(zip(names, param_values)), _as_args(batch.inputs))
         return outputs.reshape(-1)
 
-    outputs = forward(problem.model, batch.inputs, which).detach()
     output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
     output_grad = output_grad.reshape(-1).double()
     with fixed_mup_width_mults(problem.model):
@@ -123,11 +124,11 @@ class Entk(Estimator):
     def kernel_problem(self, problem: MeasurementProblem) -> tuple[Linearization, Linearization]:
         """Check the size, then linearize A and B (the same object twice for a full batch)."""
         with torch.no_grad():
-            rows_a = forward(problem.model, problem.batch_a.inputs, "A").numel()
-            rows_b = 0 if problem.full_batch else forward(problem.model, problem.batch_b.inputs, "B").numel()
-        self.check_memory(problem, rows_a, rows_b)
-        lin_a = linearize(problem, problem.batch_a, "A", self.params.chunk_size)
-        lin_b = lin_a if problem.full_batch else linearize(problem, problem.batch_b, "B", self.params.chunk_size)
+            outputs_a = forward(problem.model, problem.batch_a.inputs, "A")
+            outputs_b = None if problem.full_batch else forward(problem.model, problem.batch_b.inputs, "B")
+        self.check_memory(problem, outputs_a.numel(), 0 if outputs_b is None else outputs_b.numel())
+        lin_a = linearize(problem, problem.batch_a, "A", self.params.chunk_size, outputs_a)
+        lin_b = lin_a if outputs_b is None else linearize(problem, problem.batch_b, "B", self.params.chunk_size, outputs_b)
         return lin_a, lin_b
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:

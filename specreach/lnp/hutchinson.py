@@ -21,7 +21,6 @@ K = 8 has under 1 % relative error on N, and averaging within measurement window
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from specreach.lnp.estimator import PerSampleNormEstimator
@@ -33,13 +32,8 @@ from specreach.lnp.result import ChiNet
 DEFAULT_PROBES = 8
 
 
-class HutchinsonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class Hutchinson(PerSampleNormEstimator):
     name = "hutchinson"
-    Params = HutchinsonParams
     uses_probes = True
     default_probes = DEFAULT_PROBES
 
