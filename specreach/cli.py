@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from specreach.report import report
+    from specreach.paper.report import report
 
     output = Path(args.output) if args.output else Path(args.directories[0]) / "report"
     for path in report([Path(d) for d in args.directories], output):

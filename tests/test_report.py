@@ -10,7 +10,7 @@ from engine_helpers import write_spec
 from specreach import Engine, load_spec
 from specreach.cli import main
 from specreach.engine.metrics_table import read_table
-from specreach.report import TOP_FRACTION
+from specreach.paper.report import TOP_FRACTION
 
 NO_TRACKING = "tracking={enabled: false}"
 

@@ -9,7 +9,7 @@ from specreach import measure_lnp
 from specreach.data.powerlaw_teacher import PowerlawTeacher
 from specreach.engine.tasks import mean_squared_error
 from specreach.models.parameterization import ModelRecipe, build_model
-from specreach.theory import arccos_kernel, expected_position, finite_width_kernel, power_law_asymptote, ratio_of_expectations
+from specreach.paper.theory import arccos_kernel, expected_position, finite_width_kernel, power_law_asymptote, ratio_of_expectations
 
 ALPHAS = (1.5, 2.0, 3.0, 4.0)
 N, D, M, SEEDS = 128, 96, 768, 24

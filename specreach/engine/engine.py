@@ -125,7 +125,7 @@ class Engine:
         return tracker
 
     def _plots(self, results: list[RunResult]) -> list[Path]:
-        from specreach.plots import plot_runs
+        from specreach.paper.plots import plot_runs
 
         finished = [r for r in results if r.metrics_path.exists()]
         if not finished:

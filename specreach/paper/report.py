@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specreach.plots import (
+from specreach.paper.plots import (
     RunData, _finite, _save, by_size, load_run, plot_components, plot_final_loss, plot_loss_and_position, plt,
     power_law_fit, window_means,
 )
@@ -137,7 +137,7 @@ def plot_test_loss(runs: list[RunData], path: Path) -> Path | None:
 
 def rfm_summary(runs: list[RunData], theory_seeds: int = 5) -> dict:
     from specreach.data.powerlaw_teacher import PowerlawTeacher
-    from specreach.theory import arccos_kernel, expected_position, power_law_asymptote
+    from specreach.paper.theory import arccos_kernel, expected_position, power_law_asymptote
 
     by_alpha: dict[float, list[RunData]] = defaultdict(list)
     for run in runs:
