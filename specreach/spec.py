@@ -128,8 +128,31 @@ class TrainSection(Strict):
 
 
 class LogWindows(Strict):
-    windows: int = Field(8, ge=1, description="Logarithmically spaced measurement windows (plus step 0).")
+    """Log-spaced windows (paper, Appendix C.1): every step of an initial phase is measured and kept
+    as its own window, then ``windows`` non-overlapping windows of ``steps_per_window`` consecutive
+    steps follow at logarithmically spaced steps up to the end of training. A run too short to hold
+    them all is refused, never given shorter windows."""
+
+    initial_steps: int = Field(1, ge=0, description=(
+        "Steps 0 … initial_steps − 1, each measured and kept as its own window (the paper plots its "
+        "first 40 steps un-averaged; the default measures step 0 alone)."))
+    windows: int = Field(8, ge=0, description="Logarithmically spaced windows after the initial steps.")
     steps_per_window: int = Field(1, ge=1, description="Consecutive measured steps in each window.")
+
+
+class EveryWindows(Strict):
+    """Uniform windows: ``steps_per_window`` consecutive steps starting at steps 0, every, 2·every, …
+    (only whole windows: one that would run past the end of training is left out)."""
+
+    every: int = Field(ge=1, description="Steps from the start of one window to the start of the next.")
+    steps_per_window: int = Field(1, ge=1, description="Consecutive measured steps in each window (≤ every).")
+
+    @model_validator(mode="after")
+    def _no_overlap(self):
+        if self.steps_per_window > self.every:
+            raise ValueError(f"steps_per_window ({self.steps_per_window}) must not exceed every ({self.every}): "
+                             "windows would overlap")
+        return self
 
 
 class MeasureSection(Strict):
@@ -137,8 +160,9 @@ class MeasureSection(Strict):
     estimator: str = Field("hutchinson", description="Estimator name (see `specreach plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
     probes: int | None = Field(None, ge=1, description="Probes per batch (estimators that draw probes).")
-    schedule: LogWindows | list[int] = Field(
-        default_factory=LogWindows, description="Log-spaced windows, or an explicit list of steps.")
+    schedule: LogWindows | EveryWindows | list[int] = Field(default_factory=LogWindows, description=(
+        "Log-spaced windows `{initial_steps, windows, steps_per_window}`, uniform windows "
+        "`{every, steps_per_window}`, or an explicit list of steps."))
     validation_size: int | None = Field(None, ge=1, description="Samples of the validation pool to draw B from.")
     batch_size: int | None = Field(None, ge=1, description="Measurement batch size for B (default: train batch).")
     cross_batch: bool = Field(True, description="B from the validation pool (true) or B = A (false).")

@@ -1,21 +1,68 @@
-"""When to measure: logarithmically spaced windows of consecutive steps (plus step 0), or a list."""
+"""When to measure: which training steps, and which window each belongs to.
+
+Plots and summaries average the measured steps of a window; a window of one step is plotted as it
+is. Three shapes of schedule (``specreach.spec``):
+
+- ``LogWindows`` (paper, Appendix C.1): steps 0 … initial_steps − 1 each form their own window
+  (the paper plots its first 40 steps un-averaged), then ``windows`` windows of
+  ``steps_per_window`` consecutive steps, at logarithmically spaced starts from the end of the
+  initial phase to the last step that still leaves room for a whole window. Early windows that
+  the log-spacing would overlap are pushed later, so that no two windows share a step and no
+  window is shorter than asked; a run too short to hold them all is refused.
+- ``EveryWindows``: whole windows starting at steps 0, every, 2·every, …
+- a list of steps, each its own window.
+"""
 
 from __future__ import annotations
 
 import math
 
-from specreach.spec import LogWindows
+from specreach.spec import EveryWindows, LogWindows
+
+Schedule = LogWindows | EveryWindows | list[int]
 
 
-def measurement_steps(schedule: LogWindows | list[int], total_steps: int) -> dict[int, int]:
-    """Map each measured step to its window index (window 0 is step 0)."""
+def measurement_steps(schedule: Schedule, total_steps: int) -> dict[int, int]:
+    """Map each measured step (0 ≤ step < total_steps) to its window index, in step order."""
     if isinstance(schedule, list):
         return {step: index for index, step in enumerate(sorted(set(schedule))) if 0 <= step < total_steps}
-    steps = {0: 0}
-    last_start = max(1, total_steps - schedule.steps_per_window)
-    starts = sorted({round(10 ** (math.log10(last_start) * k / max(1, schedule.windows - 1)))
-                     for k in range(schedule.windows)} - {0})
-    for window, start in enumerate(starts, start=1):
-        for step in range(start, min(start + schedule.steps_per_window, total_steps)):
-            steps.setdefault(step, window)
+    if isinstance(schedule, EveryWindows):
+        starts = range(0, total_steps - schedule.steps_per_window + 1, schedule.every)
+        return _windows(starts, schedule.steps_per_window, first_index=0)
+    steps = {step: step for step in range(schedule.initial_steps)}
+    starts = log_window_starts(schedule.initial_steps, schedule.windows, schedule.steps_per_window, total_steps)
+    steps.update(_windows(starts, schedule.steps_per_window, first_index=schedule.initial_steps))
     return steps
+
+
+def log_window_starts(first: int, count: int, length: int, total_steps: int) -> list[int]:
+    """Starts of ``count`` non-overlapping windows of ``length`` steps in [first, total_steps),
+    log-spaced from ``first`` to ``total_steps − length`` where the spacing allows."""
+    needed = first + count * length
+    if needed > total_steps:
+        raise ValueError(
+            f"measure.schedule: {count} windows of {length} steps after {first} single steps need {needed} "
+            f"training steps; this run has {total_steps}. Use fewer or shorter windows, fewer initial_steps, "
+            "a uniform schedule ({every: N}) or a list of steps."
+        )
+    if count == 0:
+        return []
+    last = total_steps - length
+    low = max(first, 1)  # log-spacing needs a positive start
+    if count == 1:
+        ideal = [last]
+    else:
+        ratio = math.log(last / low) / (count - 1) if last > low else 0.0
+        ideal = [round(low * math.exp(ratio * k)) for k in range(count)]
+    starts = list(ideal)
+    starts[0] = max(starts[0], first)
+    for k in range(1, count):  # push overlapping windows later...
+        starts[k] = max(starts[k], starts[k - 1] + length)
+    starts[-1] = min(starts[-1], last)
+    for k in range(count - 2, -1, -1):  # ...and pull back those pushed past the end
+        starts[k] = min(starts[k], starts[k + 1] - length)
+    return starts
+
+
+def _windows(starts, length: int, first_index: int) -> dict[int, int]:
+    return {start + offset: first_index + index for index, start in enumerate(starts) for offset in range(length)}
