@@ -85,7 +85,7 @@ def test_buffers_changed_by_forward_are_restored(estimator):
 
 def test_batchnorm_in_training_mode_is_refused():
     model = DropoutNet().train()
-    with pytest.raises(ValueError, match="module 'body.1' is a BatchNorm in training mode.*model.eval"):
+    with pytest.raises(ValueError, match="module 'body.1' is a BatchNorm1d that normalizes with the statistics of the batch \\(training mode\\).*model.eval"):
         measure_lnp(model, F.cross_entropy, (torch.randn(5, 6), torch.randint(0, 3, (5,))))
 
 
@@ -127,5 +127,14 @@ def test_at_step_reuses_the_training_gradient(float64):
     for name in ("grad_dot", "loss_magnitude", "network_magnitude", "spectral_position"):
         assert getattr(reused, name) == pytest.approx(getattr(fresh, name), rel=1e-12)
     # The gradient given is the one used: a scaled gradient scales D.
-    doubled = measure_lnp_at_step(model, loss_fn, batch_a, batch_b, grad_a={k: 2 * g for k, g in grad_a.items()})
+    doubled = measure_lnp_at_step(model, loss_fn, batch_a, batch_b, grad_a={k: 2 * g for k, g in grad_a.items()},
+                                  outputs_a=logits)
     assert doubled.grad_dot == pytest.approx(2 * fresh.grad_dot, rel=1e-12)
+    assert reused.step_gradient_reused and doubled.step_gradient_reused and not fresh.step_gradient_reused
+
+
+def test_at_step_needs_the_step_outputs_with_its_gradient():
+    model, loss_fn, batch_a, batch_b = cases.build("mlp")
+    grads = [torch.zeros_like(p) for p in model.parameters()]
+    with pytest.raises(ValueError, match="grad_a needs outputs_a"):
+        measure_lnp_at_step(model, loss_fn, batch_a, batch_b, grad_a=grads)

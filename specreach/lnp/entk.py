@@ -7,12 +7,15 @@ gradient (mode-resolved P, paper Appendix D.5), with P = Σ_k c_k λ_k / Σ_j λ
 
 This is the ground truth the other estimators are tested against, and only for small
 problems: J has (n·d) × p entries. A problem that would not fit is refused up front.
+
+Rows of J are the counted output coordinates: positions whose targets the loss ignores are left
+out (``lnp-math.md`` §8), and ``positions`` / ``output_indices`` restrict every sample's outputs
+to a subset (paper, Appendix D.5: a set of vocabulary indices × token positions), so that the
+kernel, g, D, L, N and P are those of the restricted outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from specreach.lnp.estimator import Estimator
-from specreach.lnp.opacus_rules import MUP_READOUTS
+from specreach.lnp.opacus_rules import fixed_mup_width_mults
 from specreach.lnp.per_sample_norms import group_of
-from specreach.lnp.problem import Batch, MeasurementProblem, forward, output_gradient
+from specreach.lnp.problem import Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 
 
@@ -30,6 +33,10 @@ class EntkParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_memory_gb: float = Field(4.0, gt=0, description="Refuse problems whose Jacobians and kernel need more memory.")
     chunk_size: int | None = Field(None, ge=1, description="Output rows per vmapped backward (None: all at once).")
+    positions: list[int] | None = Field(
+        None, description="Keep only these positions (dim 1 of the outputs, e.g. tokens) of every sample.")
+    output_indices: list[int] | None = Field(
+        None, description="Keep only these indices of the outputs' last dim (e.g. vocabulary entries or classes).")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Linearization:
     output_grad: Tensor
     columns: dict[str, slice]  # parameter name -> its columns of J
     loss: float
+    units: int  # m of the batch
 
 
 def entk_memory_bytes(rows_a: int, rows_b: int, num_params: int, itemsize: int) -> int:
@@ -48,41 +56,51 @@ def entk_memory_bytes(rows_a: int, rows_b: int, num_params: int, itemsize: int) 
     return rows * num_params * (itemsize + 8) + (rows_a * rows_a + rows_a * rows_b) * 8
 
 
-def linearize(problem: MeasurementProblem, batch: Batch, which: str, chunk_size: int | None,
-              outputs: Tensor) -> Linearization:
-    """J and g of one batch; ``outputs`` is the model's (detached) output on it."""
+def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs, rows: Tensor,
+              chunk_size: int | None) -> Linearization:
+    """J and g of one batch over the output coordinates ``rows`` (indices into the flat outputs)."""
     names = list(problem.params)
     values = tuple(p.detach() for p in problem.params.values())
+    args, kwargs = _as_call(batch.inputs)
 
     def flat_outputs(*param_values: Tensor) -> Tensor:
-        outputs = torch.func.functional_call(problem.model, dict(zip(names, param_values)), _as_args(batch.inputs))
-        return outputs.reshape(-1)
+        outputs = torch.func.functional_call(problem.model, dict(zip(names, param_values)), args, kwargs)
+        return outputs.reshape(-1)[rows]
 
-    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
-    output_grad = output_grad.reshape(-1).double()
+    output_grad = measured.output_grad.reshape(-1)[rows].double()
     with fixed_mup_width_mults(problem.model):
         jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
-    rows = outputs.numel()
+    rows = rows.numel()
     blocks = [j.reshape(rows, -1).double() for j in jacobians]
     columns, start = {}, 0
     for name, block in zip(names, blocks):
         columns[name] = slice(start, start + block.shape[1])
         start += block.shape[1]
-    return Linearization(torch.cat(blocks, dim=1), output_grad, columns, loss)
+    return Linearization(torch.cat(blocks, dim=1), output_grad, columns, measured.loss, measured.units)
 
 
-@contextlib.contextmanager
-def fixed_mup_width_mults(model: torch.nn.Module):
-    """muP readouts read their width multiplier from ``weight.infshape``, which the stand-in
-    tensors of ``functional_call`` do not carry; pin each readout's multiplier while it runs."""
-    readouts = [m for m in model.modules() if isinstance(m, MUP_READOUTS)]
-    for readout in readouts:
-        readout.width_mult = functools.partial(lambda value: value, readout.width_mult())
-    try:
-        yield
-    finally:
-        for readout in readouts:
-            del readout.width_mult
+def selected_rows(outputs: Tensor, mask: Tensor | None, params: EntkParams) -> Tensor:
+    """Flat indices of the output coordinates that are rows of J: counted, and in the subset asked for."""
+    keep = torch.ones(outputs.shape, dtype=torch.bool, device=outputs.device)
+    if mask is not None:
+        keep &= mask.reshape(*mask.shape, *([1] * (outputs.dim() - mask.dim())))
+    if params.positions is not None:
+        if outputs.dim() < 3:
+            raise ValueError(f"entk positions= needs outputs with a position dim (batch, positions, ...); these "
+                             f"have shape {tuple(outputs.shape)}")
+        keep &= _index_mask(outputs.shape[1], params.positions, "positions", outputs.device).reshape(1, -1, *[1] * (outputs.dim() - 2))
+    if params.output_indices is not None:
+        keep &= _index_mask(outputs.shape[-1], params.output_indices, "output_indices", outputs.device)
+    return keep.reshape(-1).nonzero().squeeze(1)
+
+
+def _index_mask(size: int, indices: list[int], what: str, device) -> Tensor:
+    bad = [i for i in indices if not -size <= i < size]
+    if bad:
+        raise ValueError(f"entk {what}={bad} out of range for a dim of size {size}")
+    chosen = torch.zeros(size, dtype=torch.bool, device=device)
+    chosen[torch.tensor(indices, dtype=torch.long, device=device)] = True
+    return chosen
 
 
 def human_bytes(count: float) -> str:
@@ -92,10 +110,10 @@ def human_bytes(count: float) -> str:
         count /= 1024
 
 
-def _as_args(inputs) -> tuple:
+def _as_call(inputs) -> tuple[tuple, dict]:
     if isinstance(inputs, dict):
-        raise TypeError("estimator 'entk' supports tensor or tuple inputs, not keyword inputs")
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        return (), dict(inputs)
+    return (tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)), {}
 
 
 def chi_net_of(lin: Linearization) -> ChiNet:
@@ -123,13 +141,17 @@ class Entk(Estimator):
 
     def kernel_problem(self, problem: MeasurementProblem) -> tuple[Linearization, Linearization]:
         """Check the size, then linearize A and B (the same object twice for a full batch)."""
-        with torch.no_grad():
-            outputs_a = forward(problem.model, problem.batch_a.inputs, "A")
-            outputs_b = None if problem.full_batch else forward(problem.model, problem.batch_b.inputs, "B")
-        self.check_memory(problem, outputs_a.numel(), 0 if outputs_b is None else outputs_b.numel())
-        lin_a = linearize(problem, problem.batch_a, "A", self.params.chunk_size, outputs_a)
-        lin_b = lin_a if outputs_b is None else linearize(problem, problem.batch_b, "B", self.params.chunk_size, outputs_b)
-        return lin_a, lin_b
+        batches = [(problem.batch_a, "A")] + ([] if problem.full_batch else [(problem.batch_b, "B")])
+        measured, rows = [], []
+        for batch, which in batches:
+            with torch.no_grad():
+                outputs = forward(problem.model, batch.inputs, which)
+            measured.append(batch_outputs(problem, batch, outputs, which))
+            rows.append(selected_rows(outputs, measured[-1].mask, self.params))
+        self.check_memory(problem, rows[0].numel(), rows[1].numel() if len(rows) > 1 else 0)
+        lins = [linearize(problem, batch, m, r, self.params.chunk_size)
+                for (batch, _), m, r in zip(batches, measured, rows)]
+        return lins[0], lins[-1]
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:
         lin_a, lin_b = self.kernel_problem(problem)
@@ -143,7 +165,6 @@ class Entk(Estimator):
         if problem.full_batch:
             eigenvalues, projections = spectrum(kernel_ba, lin_a.output_grad)
         chi_net_a = chi_net_of(lin_a)
-        batch_b = problem.batch_a if problem.full_batch else problem.batch_b
         return assemble_result(
             estimator=self.name,
             probes=None,
@@ -154,8 +175,8 @@ class Entk(Estimator):
             chi_loss_b=float(lin_b.output_grad.square().sum()),
             chi_net_a=chi_net_a,
             chi_net_b=chi_net_a if problem.full_batch else chi_net_of(lin_b),
-            units_a=problem.batch_a.units,
-            units_b=batch_b.units,
+            units_a=lin_a.units,
+            units_b=lin_b.units,
             full_batch=problem.full_batch,
             eigenvalues=eigenvalues,
             projections=projections,

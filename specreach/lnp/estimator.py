@@ -13,6 +13,7 @@ and the assembly of the result.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.problem import (
-    Batch, MeasurementProblem, forward, gradient_dot, loss_of, output_gradient, squared_norm,
+    Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
 )
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 
@@ -50,59 +51,78 @@ class PerSampleNormEstimator(Estimator):
 
     @abstractmethod
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
-        """χ_net of the batch whose forward ``tape`` recorded and which produced ``outputs``."""
+        """χ_net of the batch whose forward ``tape`` recorded and which produced ``outputs``.
+
+        Only the positions in ``tape.output_mask`` count (None: all); :class:`ProbeAccumulator`
+        applies it.
+        """
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:
-        reuse_grad_a = problem.grad_a is not None
-        loss_a, chi_loss_a, chi_net_a, grad_a = self._measure_batch(
-            problem, problem.batch_a, "A", not reuse_grad_a, problem.outputs_a
-        )
-        if reuse_grad_a:
-            grad_a = problem.grad_a
+        a = self._measure_batch(problem, problem.batch_a, "A", problem.outputs_a)
+        grad_a = a.gradient if a.gradient is not None else problem.grad_a
         if problem.full_batch:
-            loss_b, chi_loss_b, chi_net_b = loss_a, chi_loss_a, chi_net_a
-            grad_dot = gradient_dot(grad_a, grad_a)
+            b, grad_dot = a, gradient_dot(grad_a, grad_a)
         else:
-            loss_b, chi_loss_b, chi_net_b, grad_b = self._measure_batch(problem, problem.batch_b, "B", True, None)
-            grad_dot = gradient_dot(grad_a, grad_b)
-        batch_b = problem.batch_a if problem.full_batch else problem.batch_b
+            b = self._measure_batch(problem, problem.batch_b, "B", None)
+            grad_dot = gradient_dot(grad_a, b.gradient)
         return assemble_result(
             estimator=self.name,
             probes=problem.probes,
             grad_dot=grad_dot,
-            loss_a=loss_a,
-            loss_b=loss_b,
-            chi_loss_a=chi_loss_a,
-            chi_loss_b=chi_loss_b,
-            chi_net_a=chi_net_a,
-            chi_net_b=chi_net_b,
-            units_a=problem.batch_a.units,
-            units_b=batch_b.units,
+            loss_a=a.outputs.loss,
+            loss_b=b.outputs.loss,
+            chi_loss_a=squared_norm(a.outputs.output_grad),
+            chi_loss_b=squared_norm(b.outputs.output_grad),
+            chi_net_a=a.chi_net,
+            chi_net_b=b.chi_net,
+            units_a=a.outputs.units,
+            units_b=b.outputs.units,
             full_batch=problem.full_batch,
+            paths={**b.paths, **a.paths},
+            step_gradient_reused=problem.grad_a is not None and a.gradient is None,
         )
 
-    def _measure_batch(self, problem: MeasurementProblem, batch: Batch, which: str, need_grad: bool,
-                       given_outputs: Tensor | None):
-        """One forward with the tape on; L, χ_loss, χ_net and (if asked) ∇_θ L of the batch."""
+    def _measure_batch(self, problem: MeasurementProblem, batch: Batch, which: str,
+                       step_outputs: Tensor | None) -> "_BatchMeasurement":
+        """One forward with the tape on; g, L, m, χ_net and (unless the step's is reused) ∇_θ L.
+
+        A training step's gradient on A is reused only if the step computed the function
+        measured here (same outputs): after a step with dropout or in mixed precision it is
+        recomputed, so that D, L and N come from one function.
+        """
         params = list(problem.params.values())
         tape = PerSampleNormTape(problem.model, problem.params)
         with torch.enable_grad():
             with tape:
                 outputs = forward(problem.model, batch.inputs, which)
             try:
-                grad = None
-                if need_grad:
+                measured = batch_outputs(problem, batch, outputs, which)
+                gradient = None
+                if step_outputs is None or not same_function(outputs, step_outputs):
                     loss = loss_of(problem.loss_fn, outputs, batch.targets, which)
-                    output_grad, *grad = torch.autograd.grad(
-                        loss, [outputs, *params], retain_graph=True, allow_unused=True,
-                    )
-                    grad = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grad))
-                    loss = float(loss.detach())
-                if given_outputs is not None:
-                    output_grad, loss = output_gradient(problem.loss_fn, given_outputs, batch.targets, which)
-                elif not need_grad:
-                    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
+                    gradient = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                    gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, gradient))
+                tape.output_mask = measured.mask
                 chi_net = self.chi_net(tape, outputs, problem)
+                paths = tape.paths
             finally:
                 tape.clear()
-        return loss, squared_norm(output_grad), chi_net, grad
+        return _BatchMeasurement(measured, chi_net, gradient, paths)
+
+
+@dataclass(frozen=True)
+class _BatchMeasurement:
+    outputs: BatchOutputs
+    chi_net: ChiNet
+    gradient: tuple[Tensor, ...] | None  # None: the training step's gradient is reused
+    paths: dict[str, str]
+
+
+def same_function(outputs: Tensor, step_outputs: Tensor) -> bool:
+    """Whether the step's outputs are the measured function's (up to float32 rounding)."""
+    if step_outputs.shape != outputs.shape:
+        raise ValueError(f"outputs_a has shape {tuple(step_outputs.shape)}, the model's outputs on batch A "
+                         f"{tuple(outputs.shape)}: pass the training step's outputs on batch A")
+    reference = outputs.detach()
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    return torch.allclose(step_outputs.to(reference.dtype), reference, rtol=1e-4, atol=1e-5 * scale)

@@ -21,6 +21,9 @@ K = 8 has under 1 % relative error on N, and averaging within measurement window
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from specreach.lnp.estimator import PerSampleNormEstimator
@@ -32,13 +35,23 @@ from specreach.lnp.result import ChiNet
 DEFAULT_PROBES = 8
 
 
+class HutchinsonParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    readout: Literal["exact", "probed"] = Field(
+        "exact",
+        description="'exact': a linear readout's share of χ_net in closed form, probes in its input space; "
+                    "'probed': plain Hutchinson, probes through the readout too (more variance, as in the paper).",
+    )
+
+
 class Hutchinson(PerSampleNormEstimator):
     name = "hutchinson"
+    Params = HutchinsonParams
     uses_probes = True
     default_probes = DEFAULT_PROBES
 
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
-        accumulator = ProbeAccumulator(tape, outputs)
+        accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact")
         for _ in range(problem.probes):
             accumulator.add_rademacher(problem.generator)
         return accumulator.averaged()

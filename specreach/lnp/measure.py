@@ -8,10 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from specreach.lnp.estimator import Estimator
+from specreach.lnp.loss_units import IgnoreIndex
 from specreach.lnp.problem import (
-    LossFn, MeasurementProblem, check_samples_independent, make_batch, trainable_parameters, untouched,
+    LossFn, MeasurementProblem, check_measurable, evaluation_mode, full_precision, make_batch,
+    trainable_parameters, untouched,
 )
 from specreach.lnp.result import LNPResult
+from specreach.lnp.verify import verify_model
 from specreach.plugins import get_plugin_manager
 
 
@@ -26,6 +29,10 @@ def measure_lnp(
     generator: torch.Generator | None = None,
     units_a: int | None = None,
     units_b: int | None = None,
+    ignore_index: IgnoreIndex = "auto",
+    loss_mask_a: Tensor | None = None,
+    loss_mask_b: Tensor | None = None,
+    verify: bool = False,
     **estimator_options: Any,
 ) -> LNPResult:
     """Measure the LNP components D = ⟨∇L_B, ∇L_A⟩ = L · N · P of ``model`` on two batches.
@@ -41,15 +48,28 @@ def measure_lnp(
         generator: the probes' random generator; the global RNG is never drawn from. Default: a
             freshly, non-deterministically seeded generator.
         units_a, units_b: loss-reduction units m for the normalized components; default: the number
-            of target elements (samples, or tokens for sequence targets).
+            of counted target elements (samples, or tokens for sequence targets).
+        ignore_index: target value of positions the loss ignores; they are not samples (left out of
+            J, so of N, and of m). ``"auto"``: the value a cross-entropy/NLL loss declares, else −100,
+            where the loss gradient is zero there; ``None``: every position counts.
+        loss_mask_a, loss_mask_b: boolean masks over the outputs' leading dims (True: the position
+            enters the loss), for losses that mask positions some other way.
+        verify: first check the per-sample norms on two samples of A against plain autograd, one
+            sample at a time, and raise :class:`~specreach.lnp.verify.VerificationError` with the
+            mismatch per parameter group if they disagree (see :func:`~specreach.lnp.verify.verify_model`).
         estimator_options: the estimator's own parameters (validated by its ``Params`` model).
+
+    The measured function is the model in eval mode (dropout off) at full precision (autocast
+    off): D, L and N come from one deterministic function. Models whose samples are coupled
+    (BatchNorm on batch statistics) and summed losses are refused.
 
     The model comes back as it was: parameters, buffers, ``.grad``, train/eval mode, hooks and
     the global RNG state are untouched. A zero loss gradient gives ``spectral_position = NaN``.
     """
     return measure_lnp_at_step(
         model, loss_fn, batch_a, batch_b, estimator=estimator, probes=probes, generator=generator,
-        units_a=units_a, units_b=units_b, **estimator_options,
+        units_a=units_a, units_b=units_b, ignore_index=ignore_index, loss_mask_a=loss_mask_a,
+        loss_mask_b=loss_mask_b, verify=verify, **estimator_options,
     )
 
 
@@ -66,29 +86,42 @@ def measure_lnp_at_step(
     generator: torch.Generator | None = None,
     units_a: int | None = None,
     units_b: int | None = None,
+    ignore_index: IgnoreIndex = "auto",
+    loss_mask_a: Tensor | None = None,
+    loss_mask_b: Tensor | None = None,
+    verify: bool = False,
     **estimator_options: Any,
 ) -> LNPResult:
     """:func:`measure_lnp` for a training loop that already has the step's work on batch A.
 
     ``grad_a`` is the training step's gradient ∇_θ L_A (e.g. ``[p.grad for p in trainable]`` after
     ``loss.backward()``, or a name → tensor mapping), so D needs no second backward on A;
-    ``outputs_a`` are the step's outputs (logits), from which L's share of A is taken.
+    ``outputs_a`` are the step's outputs (logits) and must come with it: the gradient is reused
+    only if the step computed the measured function (same outputs). After a step with active
+    dropout or in mixed precision it is recomputed on the measured function instead, and
+    ``result.step_gradient_reused`` is False.
     """
     est = resolve_estimator(estimator, estimator_options)
     params = trainable_parameters(model)
-    check_samples_independent(model)
+    check_measurable(model)
+    if grad_a is not None and outputs_a is None:
+        raise ValueError("grad_a needs outputs_a, the training step's outputs on batch A: they show whether the "
+                         "step computed the measured function (no active dropout, same precision)")
     problem = MeasurementProblem(
         model=model,
         loss_fn=loss_fn,
         params=params,
-        batch_a=make_batch(batch_a, "a", units_a),
-        batch_b=None if batch_b is None else make_batch(batch_b, "b", units_b),
+        batch_a=make_batch(batch_a, "a", units_a, loss_mask_a),
+        batch_b=None if batch_b is None else make_batch(batch_b, "b", units_b, loss_mask_b),
         generator=generator if generator is not None else _fresh_generator(),
         probes=resolve_probes(est, probes),
         grad_a=None if grad_a is None else _align_gradient(grad_a, params),
         outputs_a=None if outputs_a is None else outputs_a.detach(),
+        ignore_index=ignore_index,
     )
-    with untouched(model):
+    with untouched(model), evaluation_mode(model), full_precision(model):
+        if verify:
+            verify_model(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
         return est.measure(problem)
 
 

@@ -10,6 +10,9 @@ Importing this module registers them through Opacus's public decorators:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import mup
 import timm.layers
 from opacus.grad_sample.layer_norm import compute_layer_norm_grad_sample
@@ -35,3 +38,17 @@ def compute_mureadout_norm_sample(layer, activations, backprops):
 
 
 register_grad_sampler(timm.layers.LayerNorm)(compute_layer_norm_grad_sample)
+
+
+@contextlib.contextmanager
+def fixed_mup_width_mults(module):
+    """muP readouts read their width multiplier from ``weight.infshape``, which the stand-in
+    tensors of ``torch.func.functional_call`` do not carry; pin each readout's multiplier while it runs."""
+    readouts = [m for m in module.modules() if isinstance(m, MUP_READOUTS)]
+    for readout in readouts:
+        readout.width_mult = functools.partial(lambda value: value, readout.width_mult())
+    try:
+        yield
+    finally:
+        for readout in readouts:
+            del readout.width_mult

@@ -4,7 +4,7 @@ A probe is a vector r over the per-sample outputs; the backward of Σ_i r_iᵀ f
 sample, ‖r_iᵀ J_i‖². ``exact`` feeds the unit vectors of every coordinate, ``hutchinson``
 Rademacher vectors. When the model's output comes straight from a linear readout whose input is
 narrower than its output (a language model's head), probes live in the readout's input space
-instead (see :class:`~specreach.lnp.per_sample_norms.LinearReadout`): same expectation, far less work.
+instead (see :mod:`specreach.lnp.readout`): same expectation, far less work.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from specreach.lnp.loss_units import mask_outputs
 from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
 from specreach.lnp.result import ChiNet
 
@@ -29,27 +30,35 @@ class ProbeAccumulator:
 
     ``probe_shape`` is the shape of the vectors :meth:`add` takes: the outputs' shape, or the
     readout input's shape. Per-sample sums stay on the device (float64) until the reduction.
+    Only the positions in ``tape.output_mask`` count: probes are zero elsewhere. ``readout=False``
+    probes every output through the head as well (plain Hutchinson, no closed-form share).
     """
 
-    def __init__(self, tape: PerSampleNormTape, outputs: Tensor):
-        self.tape, self.outputs = tape, outputs
+    def __init__(self, tape: PerSampleNormTape, outputs: Tensor, readout: bool = True):
+        self.tape, self.outputs, self.mask = tape, outputs, tape.output_mask
         self.per_probe: list[Tensor] = []  # probe k: Σ_p ‖∂(r_kiᵀ f_i)/∂p‖² for each sample i
         self.by_group: dict[str, Tensor] = {}  # summed over probes and samples
-        readout = tape.linear_readout(outputs)
-        self.readout = readout if readout is not None and readout.worthwhile() else None
+        found = tape.linear_readout(outputs) if readout else None
+        self.readout = found if found is not None and found.worthwhile() and self._mask_fits(found) else None
         if self.readout is None:
             self.probe_shape, self._start, self._mixing = outputs.shape, outputs, None
             closed_form = {}
         else:
             self.probe_shape = self.readout.input.shape
             self._start, self._mixing = self.readout.input, self.readout.input_mixing()
-            closed_form = self.readout.squared_norms()
+            closed_form = self.readout.squared_norms(self.mask)
+            for name in closed_form:
+                tape.plan.paths[name] = f"closed form of the linear readout '{self.readout.call.name}'"
         # The readout's exact share of χ_net, added once to the reduced value.
         self.closed_form = sum((v.sum() for v in closed_form.values()), torch.zeros((), dtype=torch.float64))
         self.closed_form_by_group: dict[str, float] = {}
         for name, value in closed_form.items():
             group = group_of(name)
             self.closed_form_by_group[group] = self.closed_form_by_group.get(group, 0.0) + float(value.sum())
+
+    def _mask_fits(self, readout) -> bool:
+        """Ignored positions must be positions of the readout's input too (same leading dims)."""
+        return self.mask is None or tuple(readout.input.shape[:self.mask.dim()]) == tuple(self.mask.shape)
 
     @property
     def coordinates(self) -> int:
@@ -60,6 +69,7 @@ class ProbeAccumulator:
         """One probe backward with ``vectors`` of shape ``probe_shape``."""
         if self._mixing is not None:
             vectors = vectors @ self._mixing
+        vectors = mask_outputs(vectors, self.mask)
         norms = self.tape.squared_norms(self._start, vectors, skip=self.readout)
         total = torch.zeros(self.outputs.shape[0], dtype=torch.float64, device=self.outputs.device)
         for name, value in norms.items():

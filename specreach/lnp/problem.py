@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from specreach.lnp.loss_units import IgnoreIndex, check_mean_reduction, counted_positions, units_of
 
 LossFn = Callable[[Tensor, Any], Tensor]
 
@@ -20,11 +22,17 @@ LossFn = Callable[[Tensor, Any], Tensor]
 @dataclass(frozen=True)
 class Batch:
     """One batch: ``inputs`` (a tensor, a tuple of positional tensors, or a dict of keyword
-    tensors), ``targets``, and ``units`` m, the number of loss-reduction units."""
+    tensors), ``targets``, the loss-reduction units m when the caller fixes them, and an optional
+    loss mask over the positions (True: the position enters the loss)."""
 
     inputs: Any
     targets: Any
-    units: int
+    units: int | None = None
+    loss_mask: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return batch_size(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,23 @@ class MeasurementProblem:
     probes: int | None
     grad_a: tuple[Tensor, ...] | None = None  # the training step's ∇L_A, aligned with params
     outputs_a: Tensor | None = None  # the training step's outputs (logits) on A
+    ignore_index: IgnoreIndex = "auto"
 
     @property
     def full_batch(self) -> bool:
         return self.batch_b is None
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """What one forward on a batch gives every estimator: outputs f, g = ∂L/∂f, L, and which
+    positions count (``mask``, None: all) with the resulting unit count m."""
+
+    outputs: Tensor
+    output_grad: Tensor
+    loss: float
+    mask: Tensor | None
+    units: int
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -51,32 +72,76 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             "the model has no trainable parameters (none has requires_grad=True), so its eNTK is empty; "
             "unfreeze the parameters whose kernel you want to measure"
         )
+    inference = [name for name, p in params.items() if p.is_inference()]
+    if inference:
+        raise ValueError(
+            f"parameters {inference[:3]} were created under torch.inference_mode(), so autograd cannot "
+            "differentiate them; build or load the model outside inference_mode"
+        )
     return params
 
 
-def check_samples_independent(model: nn.Module) -> None:
-    """Per-sample quantities need f_i to depend on sample i alone; BatchNorm in training mode breaks that."""
+def check_measurable(model: nn.Module) -> None:
+    """Refuse what makes per-sample Jacobians undefined, naming the module (``lnp-math.md`` §8)."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "measure_lnp was called inside torch.inference_mode(), where autograd is off; call it outside "
+            "(it needs gradients, and leaves the model's .grad untouched)"
+        )
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+        where = f"module '{name or type(module).__name__}'"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
             raise ValueError(
-                f"module '{name}' is a BatchNorm in training mode, which couples the samples of a batch, so "
-                "per-sample Jacobians (and the LNP components) are not defined; measure with the model in eval "
-                "mode (model.eval()), or use LayerNorm/GroupNorm"
+                f"{where} is a {type(module).__name__} that normalizes with the statistics of the batch "
+                f"({'training mode' if module.training else 'track_running_stats=False'}), which couples the "
+                "samples of a batch, so per-sample Jacobians (and the LNP components) are not defined; measure "
+                "with running statistics (model.eval() with track_running_stats=True), or use LayerNorm/GroupNorm"
             )
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            if module.scale_grad_by_freq:
+                raise ValueError(
+                    f"{where} has scale_grad_by_freq=True: its gradients are divided by how often each token "
+                    "occurs in the whole batch, which couples the samples; per-sample Jacobians are not defined"
+                )
+            if module.max_norm is not None:
+                raise ValueError(
+                    f"{where} has max_norm={module.max_norm}: its forward rescales the weight rows in place, so "
+                    "measuring would change the model; renormalize outside the forward, or set max_norm=None"
+                )
 
 
-def make_batch(batch: Any, which: str, units: int | None) -> Batch:
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """The deterministic function: every module in eval mode (dropout off); each module's own mode restored."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def full_precision(model: nn.Module) -> Iterator[None]:
+    """Autocast off: mixed precision is for training; the measurement runs in the parameters' dtype."""
+    device_types = {p.device.type for p in model.parameters()} | {"cpu"}
+    with contextlib.ExitStack() as stack:
+        for device_type in device_types:
+            stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        yield
+
+
+def make_batch(batch: Any, which: str, units: int | None, loss_mask: Tensor | None = None) -> Batch:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(f"batch_{which} must be a pair (inputs, targets), got {type(batch).__name__}")
     inputs, targets = batch
     size = batch_size(inputs)
     if size == 0:
         raise ValueError(f"batch_{which} is empty: it has no samples to measure")
-    if units is None:
-        units = targets.numel() if isinstance(targets, Tensor) else size
-    if units < 1:
-        raise ValueError(f"units_{which} must be a positive count of loss-reduction units, got {units}")
-    return Batch(inputs, targets, int(units))
+    if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units < 1):
+        raise ValueError(f"units_{which} must be a positive count of loss-reduction units, got {units!r}")
+    return Batch(inputs, targets, units, loss_mask)
 
 
 def batch_size(inputs: Any) -> int:
@@ -91,13 +156,40 @@ def batch_size(inputs: Any) -> int:
 
 
 def forward(model: nn.Module, inputs: Any, which: str) -> Tensor:
-    """Run the model; the per-sample output f_i is ``outputs[i]`` with trailing dims flattened."""
+    """Run the model; the per-sample output f_i is ``outputs[i]`` with trailing dims flattened.
+
+    The measured function must be deterministic (D, L and N from one function): a forward that
+    draws from the global random generator even in eval mode is refused.
+    """
+    rng_states = _rng_states(model)
+    outputs = _call(model, inputs)
+    if not all(torch.equal(before, after) for before, after in zip(rng_states, _rng_states(model))):
+        raise ValueError(
+            f"the model's forward on batch {which} draws random numbers even in eval mode, so each forward is a "
+            "different function and D, L and N would not come from one; make the forward deterministic in "
+            "eval mode (e.g. dropout through nn.Dropout or F.dropout(..., training=self.training))"
+        )
+    return check_outputs(outputs, inputs, which)
+
+
+def _rng_states(model: nn.Module) -> list[Tensor]:
+    states = [torch.get_rng_state()]
+    for device in {p.device for p in model.parameters() if p.device.type == "cuda"}:
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+def _call(model: nn.Module, inputs: Any):
     if isinstance(inputs, dict):
         outputs = model(**inputs)
     elif isinstance(inputs, (tuple, list)):
         outputs = model(*inputs)
     else:
         outputs = model(inputs)
+    return outputs
+
+
+def check_outputs(outputs: Any, inputs: Any, which: str) -> Tensor:
     if not isinstance(outputs, Tensor):
         raise TypeError(
             f"the model returned {type(outputs).__name__} on batch {which}; measure_lnp needs a tensor of "
@@ -124,13 +216,36 @@ def loss_of(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> Tenso
     return loss
 
 
-def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> tuple[Tensor, float]:
-    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network), and L_X."""
+def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str,
+                    params: Mapping[str, nn.Parameter] | None = None) -> tuple[Tensor, float]:
+    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network), and L_X.
+
+    With ``params``, also checks that the loss reaches θ only through the outputs: a regularizer
+    inside the loss adds a gradient that is not Jᵀg, so D would not be g_Bᵀ Θ g_A.
+    """
     detached = outputs.detach().requires_grad_(True)
+    names = list(params or {})
     with torch.enable_grad():
         loss = loss_of(loss_fn, detached, targets, which)
-        (grad,) = torch.autograd.grad(loss, detached)
+        grad, *direct = torch.autograd.grad(loss, [detached, *(params or {}).values()], allow_unused=True)
+    used = [name for name, g in zip(names, direct) if g is not None]
+    if used:
+        raise ValueError(
+            f"loss_fn uses the parameters {used[:3]} directly (e.g. a weight penalty), not only through the "
+            "model's outputs; the LNP decomposition is of the data loss. Measure the loss without the penalty "
+            "(weight decay belongs in the optimizer)."
+        )
     return grad, float(loss.detach())
+
+
+def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, which: str) -> BatchOutputs:
+    """g, L, the counted positions and m of a batch, from its outputs (no backward through the network)."""
+    check_mean_reduction(problem.loss_fn, outputs, batch.targets, which)
+    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which, problem.params)
+    mask = counted_positions(problem.loss_fn, outputs, batch.targets, output_grad, which,
+                             problem.ignore_index, batch.loss_mask)
+    units = batch.units if batch.units is not None else units_of(batch.targets, mask, batch.size)
+    return BatchOutputs(outputs, output_grad, loss, mask, units)
 
 
 def squared_norm(tensor: Tensor) -> float:

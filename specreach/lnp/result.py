@@ -66,9 +66,16 @@ class LNPResult:
     projections: tuple[float, ...] | None = None
     #: Anything else an estimator reports (plugins put their own quantities here).
     extras: Mapping[str, float] = field(default_factory=dict)
+    #: Per-sample-norm estimators: parameter name -> how its per-sample gradient was computed
+    #: (layer rule, module VJP, enclosing VJP, readout closed form, unused); see docs/estimators.md.
+    paths: Mapping[str, str] = field(default_factory=dict)
+    #: Whether D used the training step's own gradient on A (``measure_lnp_at_step``); False when
+    #: none was given, or when the step's outputs showed it computed a different function (dropout
+    #: active, mixed precision) and the gradient was recomputed on the measured function.
+    step_gradient_reused: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("network_magnitude_by_group", "extras"):
+        for name in ("network_magnitude_by_group", "extras", "paths"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     def as_dict(self) -> dict[str, float]:
@@ -110,6 +117,8 @@ def assemble_result(
     eigenvalues: tuple[float, ...] | None = None,
     projections: tuple[float, ...] | None = None,
     extras: Mapping[str, float] | None = None,
+    paths: Mapping[str, str] | None = None,
+    step_gradient_reused: bool = False,
 ) -> LNPResult:
     """Combine the per-batch quantities into D, L, N, P and their normalized forms."""
     loss_magnitude = math.sqrt(chi_loss_a * chi_loss_b)
@@ -160,4 +169,6 @@ def assemble_result(
         eigenvalues=eigenvalues,
         projections=projections,
         extras=extras or {},
+        paths=paths or {},
+        step_gradient_reused=step_gradient_reused,
     )

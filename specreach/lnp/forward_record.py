@@ -1,0 +1,175 @@
+"""A record of one forward pass: every module call, nested as they ran, and where each
+trainable parameter was used.
+
+Per-sample norms are computed from module hooks, which see a parameter only through the
+module that owns it. A parameter can also be used where those hooks cannot see it: in a
+tied head (``h @ wte.weight.T``), through a parametrization, in a submodule called with
+``.forward()`` (no hooks run), or in a forward hook. :class:`ForwardRecorder` watches every
+torch function call of the forward (a ``TorchFunctionMode``) and notes, for each trainable
+parameter passed to one, the innermost module call running at that moment. The coverage plan
+(:mod:`specreach.lnp.coverage`) then decides from the record which rule sees every use.
+
+Our hooks are prepended, so a call's recorded output is the module's own result even when a
+user's forward hook replaces it afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import hooks as torch_hooks
+
+
+@dataclass(eq=False)
+class ModuleCall:
+    """One call of one module during the recorded forward."""
+
+    path: str  # the module's name in the model ('' for the model itself)
+    module: nn.Module
+    parent: "ModuleCall | None"
+    start: int  # position in the forward's sequence of call starts and ends
+    end: int = -1
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    output: Any = None
+    version: int = 0  # output._version when recorded, to catch later in-place changes
+    uses: set[int] = field(default_factory=set)  # ids of trainable parameters used directly in this call
+
+    @property
+    def name(self) -> str:
+        return self.path or f"<{type(self.module).__name__} model>"
+
+    def ancestors(self) -> Iterable["ModuleCall"]:
+        """This call and the calls enclosing it, innermost first."""
+        call: ModuleCall | None = self
+        while call is not None:
+            yield call
+            call = call.parent
+
+    def encloses(self, other: "ModuleCall") -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+    def batched_tensors(self, n: int) -> list[Tensor]:
+        return [v for v in (*self.args, *self.kwargs.values()) if is_batched(v, n)]
+
+    def is_per_sample(self, n: int) -> bool:
+        """Batch-first tensor output computed from batch-first tensor inputs.
+
+        Only then can the output's gradient be split by sample. A call that computes from
+        parameters alone (a parametrization, a position table) is not per-sample.
+        """
+        return is_batched(self.output, n) and bool(self.batched_tensors(n))
+
+
+def is_batched(value: Any, n: int) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n
+
+
+#: Reading a tensor's metadata (or ``.data``, outside autograd) is not a use: no gradient flows.
+_METADATA = tuple(
+    [getattr(torch.Tensor, name).__get__ for name in (
+        "device", "dtype", "shape", "requires_grad", "ndim", "is_cuda", "layout", "is_sparse", "is_quantized",
+        "is_meta", "data", "grad", "grad_fn", "is_leaf")]
+    + [getattr(torch.Tensor, name) for name in (
+        "size", "dim", "numel", "nelement", "element_size", "is_floating_point", "is_complex", "is_contiguous",
+        "stride", "data_ptr", "storage_offset", "get_device")]
+)
+
+
+class _ParameterUses(TorchFunctionMode):
+    """Notes each trainable parameter that a torch function receives, in the running call."""
+
+    def __init__(self, recorder: "ForwardRecorder"):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _METADATA:
+            return func(*args, **kwargs)
+        tracked = self.recorder.parameter_ids
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, (list, tuple)):
+                for item in value:
+                    if id(item) in tracked:
+                        self.recorder.note_use(id(item))
+            elif id(value) in tracked:
+                self.recorder.note_use(id(value))
+        return func(*args, **kwargs)
+
+
+class ForwardRecorder:
+    """Context manager around one forward pass of ``model``: records :class:`ModuleCall` s.
+
+    ``calls`` lists every call in the order the calls started; ``root`` is the model's own call.
+    Uses outside any call of the model (only the measurement's own code runs there) are ignored.
+    """
+
+    def __init__(self, model: nn.Module, parameters: Mapping[str, nn.Parameter]):
+        global_hooks = [*torch.nn.modules.module._global_forward_hooks.values()]
+        if global_hooks:
+            raise ValueError(
+                "a global module forward hook is registered (torch.nn.modules.module.register_module_forward_hook); "
+                "it may replace any module's output, which per-sample norms cannot see. Remove it while measuring, "
+                "or use estimator='entk'."
+            )
+        self.model = model
+        self.parameter_ids = {id(p) for p in parameters.values()}
+        self.calls: list[ModuleCall] = []
+        self._stack: list[ModuleCall] = []
+        self._clock = 0
+        self._handles: list[torch_hooks.RemovableHandle] = []
+        self._mode = _ParameterUses(self)
+
+    @property
+    def root(self) -> ModuleCall:
+        return self.calls[0]
+
+    def note_use(self, parameter_id: int) -> None:
+        if self._stack:
+            self._stack[-1].uses.add(parameter_id)
+
+    def __enter__(self) -> "ForwardRecorder":
+        self.calls.clear()
+        self._stack.clear()
+        for path, module in self.model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(path), prepend=True))
+            self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True, prepend=True))
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._mode.__exit__(*exc_info)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if exc_info[0] is None and self._stack:
+            raise RuntimeError(f"module call '{self._stack[-1].name}' never returned during the recorded forward")
+
+    def clear(self) -> None:
+        """Drop the recorded calls (and with them the activations they keep alive)."""
+        self.calls.clear()
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _pre_hook(self, path: str):
+        def push(module, args):
+            parent = self._stack[-1] if self._stack else None
+            call = ModuleCall(path, module, parent, start=self._tick())
+            self.calls.append(call)
+            self._stack.append(call)
+
+        return push
+
+    def _post_hook(self, module, args, kwargs, output):
+        call = self._stack.pop()
+        call.end = self._tick()
+        call.args, call.kwargs, call.output = args, kwargs, output
+        if isinstance(output, Tensor):
+            call.version = output._version

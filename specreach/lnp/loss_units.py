@@ -1,0 +1,144 @@
+"""Which outputs count, and over how many units the loss is a mean (``lnp-math.md`` §1, §8).
+
+- **Ignored targets are not samples.** Positions whose target the loss ignores (``ignore_index``,
+  e.g. padding tokens at −100, or a user's loss mask) contribute nothing to g; they are also left
+  out of J (so of χ_net and N) and of the unit count m. Positions that enter the loss count, even
+  where their g happens to be 0.
+- **The loss is a mean.** L_X = (1/m_X) Σ_u ℓ_u. A summed loss scales L by the batch factor; a
+  loss that mixes samples has no per-sample decomposition. Both are refused.
+
+A *position* is one entry of the targets: the targets' shape is a prefix of the outputs' shape
+(classification: (n,) against (n, classes); next-token prediction: (n, T) against (n, T, vocab)),
+and a position owns the output coordinates below it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: PyTorch's default ``ignore_index`` of cross-entropy and NLL losses.
+DEFAULT_IGNORE_INDEX = -100
+IgnoreIndex = int | None | Literal["auto"]
+
+
+def declared_ignore_index(loss_fn: Any) -> int | None:
+    """The ``ignore_index`` a cross-entropy or NLL loss declares, if ``loss_fn`` is one we recognise."""
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return loss_fn.ignore_index
+    if isinstance(loss_fn, functools.partial) and loss_fn.func in (F.cross_entropy, F.nll_loss):
+        return loss_fn.keywords.get("ignore_index", DEFAULT_IGNORE_INDEX)
+    return None
+
+
+def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: Tensor, which: str,
+                      ignore_index: IgnoreIndex = "auto", loss_mask: Tensor | None = None) -> Tensor | None:
+    """A boolean mask over the positions (True: counted), or None when every position counts.
+
+    ``ignore_index="auto"``: the value the loss declares (cross-entropy, NLL), else −100;
+    positions with that target are left out where the loss gradient there is exactly zero
+    (the loss ignores them), and counted otherwise. An explicit ``ignore_index`` or
+    ``loss_mask`` is checked against the gradient: the loss must really ignore those positions.
+    """
+    if loss_mask is not None:
+        mask = _aligned(loss_mask.to(torch.bool), outputs, f"loss_mask_{which.lower()}")
+        _check_ignored(output_grad, mask, f"loss_mask_{which.lower()}", which)
+        return None if bool(mask.all()) else mask
+    if ignore_index is None or not isinstance(targets, Tensor) or targets.is_floating_point():
+        return None
+    explicit = ignore_index != "auto"
+    value = ignore_index if explicit else declared_ignore_index(loss_fn)
+    value = DEFAULT_IGNORE_INDEX if value is None else value
+    if not _is_prefix(targets.shape, outputs.shape):
+        if explicit:
+            raise ValueError(
+                f"batch {which}: targets of shape {tuple(targets.shape)} do not line up with outputs of shape "
+                f"{tuple(outputs.shape)} (their shape must be a prefix of the outputs'), so ignore_index cannot "
+                "say which outputs to leave out; pass loss_mask_a / loss_mask_b over the outputs' leading dims"
+            )
+        return None
+    ignored = targets == value
+    if not bool(ignored.any()):
+        return None
+    zero_grad = _position_grads(output_grad, targets.shape).eq(0).all(dim=-1)
+    if explicit:
+        _check_ignored(output_grad, ~ignored, f"ignore_index={value}", which)
+    else:
+        ignored = ignored & zero_grad  # a loss that uses these targets counts them
+        if not bool(ignored.any()):
+            return None
+    return ~ignored
+
+
+def units_of(targets: Any, mask: Tensor | None, batch_size: int) -> int:
+    """m: counted positions, by default every target element (samples, or tokens)."""
+    if mask is not None:
+        return int(mask.sum())
+    return targets.numel() if isinstance(targets, Tensor) else batch_size
+
+
+def check_mean_reduction(loss_fn: Any, outputs: Tensor, targets: Any, which: str) -> None:
+    """The loss must be a mean over samples: the same samples twice give the same loss.
+
+    Checked on (at most) two samples, so it costs two evaluations of the loss on tiny inputs.
+    """
+    if not isinstance(targets, Tensor) or targets.dim() == 0 or targets.shape[0] != outputs.shape[0]:
+        return
+    with torch.no_grad():
+        few_outputs, few_targets = outputs[:2].detach(), targets[:2]
+        once = float(loss_fn(few_outputs, few_targets))
+        twice = float(loss_fn(torch.cat([few_outputs, few_outputs]), torch.cat([few_targets, few_targets])))
+    if not math.isfinite(once) or once == 0:
+        return  # e.g. every position of these samples ignored: nothing to compare
+    ratio = twice / once
+    if abs(ratio - 1) <= 1e-3:
+        return
+    if abs(ratio - 2) <= 1e-3:
+        raise ValueError(
+            f"loss_fn sums over samples (on batch {which}, the same samples twice give twice the loss); the LNP "
+            "components are defined for a mean-reduced loss L = (1/m) Σ_u ℓ_u. Use reduction='mean' (or divide "
+            "by the number of units)."
+        )
+    raise ValueError(
+        f"loss_fn is not a mean over samples (on batch {which}, the same samples twice change the loss by "
+        f"×{ratio:.4g}); the LNP components need L = (1/m) Σ_u ℓ_u with each term depending on one sample. "
+        "Leave regularizers and batch-level terms out of the measured loss."
+    )
+
+
+def mask_outputs(values: Tensor, mask: Tensor | None) -> Tensor:
+    """``values`` (batch-first, positions leading) with the uncounted positions zeroed."""
+    if mask is None:
+        return values
+    return values * mask.reshape(*mask.shape, *([1] * (values.dim() - mask.dim()))).to(values.dtype)
+
+
+def _is_prefix(prefix: torch.Size, shape: torch.Size) -> bool:
+    return len(prefix) <= len(shape) and tuple(shape[:len(prefix)]) == tuple(prefix)
+
+
+def _aligned(mask: Tensor, outputs: Tensor, name: str) -> Tensor:
+    if not _is_prefix(mask.shape, outputs.shape):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}; it must cover the outputs' leading dims "
+                         f"(outputs have shape {tuple(outputs.shape)})")
+    return mask.to(outputs.device)
+
+
+def _position_grads(output_grad: Tensor, position_shape: torch.Size) -> Tensor:
+    return output_grad.reshape(*position_shape, -1)
+
+
+def _check_ignored(output_grad: Tensor, counted: Tensor, what: str, which: str) -> None:
+    """Positions left out of N must be left out of the loss too, or D and N measure different outputs."""
+    grads = _position_grads(output_grad, counted.shape)
+    used = (~counted) & grads.ne(0).any(dim=-1)
+    if bool(used.any()):
+        raise ValueError(
+            f"batch {which}: {int(used.sum())} positions excluded by {what} still have a nonzero loss gradient, "
+            "so the loss does not ignore them; exclude exactly the positions the loss ignores"
+        )

@@ -1,0 +1,334 @@
+"""Models people bring, each built to hit one way a parameter escapes module hooks.
+
+Every case returns ``(model, loss_fn, batch_a, batch_b, mask_a, mask_b)``: the masks are the
+positions that count (None: all), which the reference needs for models with ignored targets.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+import torch.nn.utils.parametrize  # noqa: F401  (weight_norm below needs it registered)
+from torch import nn
+
+from specreach.models.vit import build_vit
+
+VOCAB, CONTEXT = 13, 5
+
+
+def token_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _tokens(n, generator=None, low=0):
+    return torch.randint(low, VOCAB, (n, CONTEXT), generator=generator)
+
+
+def _lm_case(model):
+    a, b = _tokens(3), _tokens(2)
+    return model, token_loss, (a, a.roll(-1, 1)), (b, b.roll(-1, 1)), None, None
+
+
+class NanoGPTTied(nn.Module):
+    """nanoGPT's shape: token + position embeddings, a block, and a head tied functionally."""
+
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, hidden)
+        self.wpe = nn.Embedding(CONTEXT, hidden)
+        self.block = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.Tanh())
+        self.ln_f = nn.LayerNorm(hidden)
+
+    def forward(self, tokens):
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        h = self.wte(tokens) + self.wpe(positions)
+        h = h + self.block(h)
+        return self.ln_f(h) @ self.wte.weight.T
+
+
+class ModuleTiedLM(nn.Module):
+    """Hugging Face's shape: ``lm_head.weight`` is the embedding's Parameter."""
+
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, hidden)
+        self.mix = nn.Linear(hidden, hidden)
+        self.lm_head = nn.Linear(hidden, VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.lm_head(torch.tanh(self.mix(self.embed(tokens))))
+
+
+class TiedAutoencoder(nn.Module):
+    """Decoder = the encoder's weight transposed, through ``F.linear``; a root-owned bias."""
+
+    def __init__(self, inputs=7, code=3):
+        super().__init__()
+        self.encoder = nn.Linear(inputs, code)
+        self.decoder_bias = nn.Parameter(torch.randn(inputs) * 0.1)
+
+    def forward(self, x):
+        return F.linear(torch.tanh(self.encoder(x)), self.encoder.weight.t(), self.decoder_bias)
+
+
+class RootScaleWideReadout(nn.Module):
+    """A root-owned ``gamma`` below a widening readout (d_in 3 < d_out 7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.gamma = nn.Parameter(torch.randn(3))
+        self.readout = nn.Linear(3, 7)
+
+    def forward(self, x):
+        return self.readout(torch.tanh(self.body(x)) * self.gamma)
+
+
+class PaddedLM(nn.Module):
+    def __init__(self, hidden=5):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, hidden, padding_idx=0)
+        self.mix = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, VOCAB)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.mix(self.embed(tokens))))
+
+
+class HookedMLP(nn.Module):
+    """A user's forward hook replaces a layer's output with 2·y + 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(4, 6)
+        self.second = nn.Linear(6, 3)
+        self.first.register_forward_hook(lambda module, args, output: 2 * output + 1)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+class ForwardBypass(nn.Module):
+    """A submodule called through ``.forward()``: no hooks run for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inner.forward(x)))
+
+
+class WeightNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.utils.parametrizations.weight_norm(nn.Linear(4, 6))
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class KeywordInputs(nn.Module):
+    """Keyword inputs (a dict batch) and a root-owned parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.offset = nn.Parameter(torch.randn(4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, *, tokens, weights):
+        pooled = (self.embed(tokens) * weights.unsqueeze(-1)).sum(1)
+        return self.head(torch.tanh(pooled + self.offset))
+
+
+class AttentionNet(nn.Module):
+    """``nn.MultiheadAttention`` uses its ``out_proj`` weights functionally."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        y, _ = self.attention(x, x, x, need_weights=False)
+        return self.head(y.mean(1))
+
+
+class SharedBlockNet(nn.Module):
+    """One block applied twice (weights shared across depth)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.block(torch.tanh(self.block(x)))))
+
+
+class UnusedParameters(nn.Module):
+    """One parameter never used, one used only after ``.detach()``: both have zero Jacobian."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.spare = nn.Linear(4, 3)
+        self.detached_scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.body(x) * self.detached_scale.detach()
+
+
+class DropoutMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _classification(model, inputs=4, classes=3, n_a=5, n_b=4):
+    a = (torch.randn(n_a, inputs), torch.randint(0, classes, (n_a,)))
+    b = (torch.randn(n_b, inputs), torch.randint(0, classes, (n_b,)))
+    return model, F.cross_entropy, a, b, None, None
+
+
+def nanogpt_tied():
+    return _lm_case(NanoGPTTied())
+
+
+def module_tied():
+    return _lm_case(ModuleTiedLM())
+
+
+def tied_autoencoder():
+    model = TiedAutoencoder()
+    a, b = torch.randn(4, 7), torch.randn(3, 7)
+    return model, F.mse_loss, (a, a), (b, b), None, None
+
+
+def root_scale_wide_readout():
+    return _classification(RootScaleWideReadout(), classes=7)
+
+
+def vit_more_classes_than_width():
+    """The project's own ViT builder with 12 classes on a hidden width of 8."""
+    model = build_vit(image_size=8, channels=1, patch=4, hidden=8, mlp=16, heads=2, layers=1, classes=12)
+    a = (torch.randn(3, 1, 8, 8), torch.randint(0, 12, (3,)))
+    b = (torch.randn(2, 1, 8, 8), torch.randint(0, 12, (2,)))
+    return model, F.cross_entropy, a, b, None, None
+
+
+def padded_lm_ignored_targets():
+    """Padding token 0 at the end of each sequence; its targets are -100 (ignored by the loss)."""
+    model = PaddedLM()
+    batches, masks = [], []
+    for n, pads in ((3, (0, 2, 1)), (2, (3, 0))):
+        tokens = _tokens(n, low=1)
+        targets = tokens.roll(-1, 1).clone()
+        for i, pad in enumerate(pads):
+            if pad:
+                tokens[i, -pad:] = 0
+                targets[i, -pad:] = -100
+        batches.append((tokens, targets))
+        masks.append(targets != -100)
+    return model, token_loss, batches[0], batches[1], masks[0], masks[1]
+
+
+def padding_idx_counted():
+    """Padding tokens in the inputs, every target counted: only the embedding row's gradient matters."""
+    model = PaddedLM()
+    a, b = _tokens(3), _tokens(2)
+    a[:, 0] = 0
+    b[0, :2] = 0
+    return model, token_loss, (a, a.roll(-1, 1).clamp(min=1)), (b, b.roll(-1, 1).clamp(min=1)), None, None
+
+
+def hooked_output():
+    return _classification(HookedMLP())
+
+
+def forward_bypass():
+    return _classification(ForwardBypass())
+
+
+def weight_norm():
+    return _classification(WeightNormNet())
+
+
+def keyword_inputs():
+    model = KeywordInputs()
+    def batch(n):
+        return {"tokens": _tokens(n), "weights": torch.rand(n, CONTEXT)}, torch.randint(0, 3, (n,))
+    return model, F.cross_entropy, batch(4), batch(3), None, None
+
+
+def multihead_attention():
+    model = AttentionNet()
+    def batch(n):
+        return _tokens(n), torch.randint(0, 3, (n,))
+    return model, F.cross_entropy, batch(4), batch(3), None, None
+
+
+def shared_block():
+    return _classification(SharedBlockNet(), inputs=5)
+
+
+def unused_parameters():
+    return _classification(UnusedParameters())
+
+
+def dropout_mlp():
+    model, loss_fn, a, b, ma, mb = _classification(DropoutMLP())
+    return model.train(), loss_fn, a, b, ma, mb
+
+
+def cross_entropy_module_ignore_zero():
+    """nn.CrossEntropyLoss(ignore_index=0) on a classifier: class-0 samples are not samples."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    a = (torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 2, 1]))
+    b = (torch.randn(4, 4), torch.tensor([1, 0, 2, 2]))
+    return model, nn.CrossEntropyLoss(ignore_index=0), a, b, a[1] != 0, b[1] != 0
+
+
+def partial_cross_entropy_ignore():
+    """``functools.partial(F.cross_entropy, ignore_index=2)`` declares its ignored class."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    a = (torch.randn(5, 4), torch.tensor([0, 2, 1, 2, 0]))
+    b = (torch.randn(4, 4), torch.tensor([2, 0, 1, 1]))
+    return model, functools.partial(F.cross_entropy, ignore_index=2), a, b, a[1] != 2, b[1] != 2
+
+
+CASES = {
+    "nanogpt_tied": nanogpt_tied,
+    "module_tied": module_tied,
+    "tied_autoencoder": tied_autoencoder,
+    "root_scale_wide_readout": root_scale_wide_readout,
+    "vit_more_classes_than_width": vit_more_classes_than_width,
+    "padded_lm_ignored_targets": padded_lm_ignored_targets,
+    "padding_idx_counted": padding_idx_counted,
+    "hooked_output": hooked_output,
+    "forward_bypass": forward_bypass,
+    "weight_norm": weight_norm,
+    "keyword_inputs": keyword_inputs,
+    "multihead_attention": multihead_attention,
+    "shared_block": shared_block,
+    "unused_parameters": unused_parameters,
+    "dropout_mlp": dropout_mlp,
+    "cross_entropy_module_ignore_zero": cross_entropy_module_ignore_zero,
+    "partial_cross_entropy_ignore": partial_cross_entropy_ignore,
+}
+
+
+def build(name, seed=0):
+    torch.manual_seed(seed)
+    return CASES[name]()
