@@ -127,11 +127,12 @@ def test_builds_at_several_widths_under_both_parameterizations(kind, widths):
 def test_mup_attention_and_readout():
     model = build_model(ModelRecipe(kind="vit", params=TINY["vit"], parameterization=Parameterization(kind="mup", base_width=4)))
     assert isinstance(model.head, mup.MuReadout)
-    for block in model.blocks:
-        assert block.attn.fused_attn is False and block.attn.scale == 1 / block.attn.head_dim
+    for block in model.blocks:  # the ViT keeps head_dim as it widens: the standard 1/sqrt(head_dim)
+        assert block.attn.fused_attn is False and block.attn.scale == pytest.approx(block.attn.head_dim ** -0.5)
     llama = build_model(ModelRecipe(kind="llama", params=TINY["llama"], parameterization=Parameterization(kind="mup", base_width=4)))
     assert isinstance(llama.output, mup.MuReadout)
-    assert all(block.attention.scale == 1 / 4 for block in llama.layers)
+    # Heads stay fixed as a Llama widens: head_dim 4 here, 2 at the base width; sqrt(2)/4 → 1/head_dim scaling.
+    assert all(block.attention.scale == pytest.approx(2 ** 0.5 / 4) for block in llama.layers)
     # The width multiplier is hidden / base_width, and every width dimension is seen as infinite.
     assert llama.output.width_mult() == 2
     assert llama.layers[0].feed_forward.w1.weight.infshape.ninf() == 2
@@ -167,6 +168,13 @@ def test_model_init_depends_on_the_seed_only():
     assert not torch.equal(a.embedding.weight, c.embedding.weight)
 
 
+def test_vit_coordinate_check_mup_is_flat():
+    params = dict(image_size=8, channels=1, patch=4, hidden=32, mlp=64, heads=2, layers=2, classes=10)
+    scales = coord_check("vit", params, [32, 64, 128], Parameterization(kind="mup", base_width=32), steps=4, lr=1e-2)
+    logits = [scales[w]["head"][-1] for w in (32, 64, 128)]
+    assert max(logits) / min(logits) < 2
+
+
 def test_coordinate_check_mup_is_flat_and_standard_grows():
     params = dict(vocab=64, layers=2, hidden=32, ff=64, heads=2, context=16)
     widths = [32, 64, 128]
@@ -191,6 +199,30 @@ def test_linear_probe_trains_the_head_only(float64, kind):
     expected = lnp_reference(probe, loss_fn, batch_a, batch_b)
     assert result.spectral_position == pytest.approx(expected["spectral_position"], rel=1e-6)
     assert set(result.network_magnitude_by_group) == {"head"}
+
+
+def test_linear_probe_on_random_features_trains_on_the_features(float64):
+    """The probe's input is φ(Wx), the representation, not the frozen layer's pre-activation Wx."""
+    backbone = build_model(ModelRecipe(kind="random-features", params={"inputs": 5, "features": 12})).double()
+    probe = LinearProbe(backbone, 12, 1).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    features = 2 ** 0.5 * torch.relu(x @ backbone.projection.weight.T)
+    assert torch.allclose(probe(x), probe.head(features))
+    assert not torch.allclose(probe(x), probe.head(x @ backbone.projection.weight.T))
+
+
+def test_linear_probe_needs_a_representation_method():
+    class NoRepresentation(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Linear(3, 4)  # an attribute of that name is no representation
+            self.representation = torch.nn.Linear(4, 4)  # nor is a submodule
+
+        def forward(self, x):
+            return self.representation(self.features(x))
+
+    with pytest.raises(TypeError, match="defines no representation"):
+        LinearProbe(NoRepresentation(), 4, 2)
 
 
 def test_random_feature_builder_agrees_with_entk(float64):
@@ -219,6 +251,29 @@ def test_mup_reinitializes_hidden_weights_only():
     # Input-like weights (one width dimension) keep the standard initialization...
     assert torch.equal(scaled.patch_embed.proj.weight, standard.patch_embed.proj.weight)
     assert torch.equal(scaled.pos_embed, standard.pos_embed)
-    # ...hidden weights get std 0.02 at the base width, shrunk by sqrt(fan-in multiplier) = 2 here.
+    # ...hidden weights get std 0.02 at the base width, shrunk by sqrt(fan-in multiplier) = 2 here:
+    # the standard draw itself, rescaled.
     hidden = torch.cat([b.mlp.fc1.weight.detach().flatten() for b in scaled.blocks])
     assert float(hidden.std()) == pytest.approx(0.02 / 2, rel=0.1)
+    for muP_block, block in zip(scaled.blocks, standard.blocks):
+        assert torch.equal(muP_block.mlp.fc1.weight, block.mlp.fc1.weight / 2)
+        assert torch.equal(muP_block.attn.qkv.weight, block.attn.qkv.weight / 2)
+
+
+@pytest.mark.parametrize("kind", ["llama", "vit"])
+def test_mup_at_its_base_width_is_the_standard_model(float64, kind):
+    """Same seed, base width: muP and standard parameterization are the same function (the
+    readout starts as the standard head, attention is 1/sqrt(head_dim), hidden weights unscaled)."""
+    params = TINY[kind]
+    standard = build_model(ModelRecipe(kind=kind, params=params, seed=7)).double()
+    scaled = build_model(ModelRecipe(kind=kind, params=params, seed=7,
+                                     parameterization=Parameterization(kind="mup", base_width=params["hidden"])))
+    scaled = scaled.double()
+    for (name, p), (_, q) in zip(standard.named_parameters(), scaled.named_parameters()):
+        assert torch.equal(p, q), name
+    _, batch_a, _ = tiny_batches(kind, params, n_a=4)
+    assert torch.allclose(scaled(batch_a[0]), standard(batch_a[0]), rtol=1e-12, atol=1e-14)
+    # and so the first measurement agrees too (the CPU run's first-window Ñ differed 43× before)
+    loss_fn = token_cross_entropy if kind == "llama" else F.cross_entropy
+    measured = [measure_lnp(m, loss_fn, batch_a, estimator="exact").network_magnitude for m in (standard, scaled)]
+    assert measured[1] == pytest.approx(measured[0], rel=1e-9)

@@ -31,7 +31,7 @@ def measurements():
             rows.append({
                 "L": result.loss_magnitude_normalized, "N": result.network_magnitude_normalized,
                 "P": result.spectral_position,
-                "finite": expected_position(finite_width_kernel(x, model.features.weight), draws=2000, seed=seed),
+                "finite": expected_position(finite_width_kernel(x, model.projection.weight), draws=2000, seed=seed),
                 "infinite": expected_position(arccos_kernel(x), draws=2000, seed=seed),
                 "shortcut": ratio_of_expectations(arccos_kernel(x)),
             })

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import mup
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from specreach.models.base import ModelBuilder, scaled_dimension
+from specreach.models.base import ModelBuilder, mup_readout_from, scaled_dimension
 from specreach.models.llama import Llama, LlamaConfig
 from specreach.models.random_features import RandomFeatureModel
 from specreach.models.vit import build_vit
@@ -33,14 +34,16 @@ class LlamaBuilder(ModelBuilder):
     Params = LlamaParams
     width_field = "hidden"
 
-    def build(self, params: LlamaParams, *, mup: bool = False) -> nn.Module:
+    def build(self, params: LlamaParams, *, mup_base: LlamaParams | None = None) -> nn.Module:
         config = LlamaConfig(vocab=params.vocab, layers=params.layers, hidden=params.hidden, ff=params.ff,
                              heads=params.heads, context=params.context)
-        if not mup:
-            return Llama(config)
-        model = Llama(config, output=_mup_readout(params.hidden, params.vocab))
+        model = Llama(config)
+        if mup_base is None:
+            return model
+        model.output = mup_readout_from(model.output)
+        base_head_dim = mup_base.hidden // mup_base.heads
         for block in model.layers:
-            block.attention.scale = 1.0 / config.head_dim
+            block.attention.scale = math.sqrt(base_head_dim) / config.head_dim
         return model
 
     def at_width(self, params: LlamaParams, width: int) -> LlamaParams:
@@ -78,9 +81,10 @@ class ViTBuilder(ModelBuilder):
     Params = ViTParams
     width_field = "hidden"
 
-    def build(self, params: ViTParams, *, mup: bool = False) -> nn.Module:
+    def build(self, params: ViTParams, *, mup_base: ViTParams | None = None) -> nn.Module:
         return build_vit(params.image_size, params.channels, params.patch, params.hidden, params.mlp,
-                         params.heads, params.layers, params.classes, mup_readout=mup)
+                         params.heads, params.layers, params.classes,
+                         mup_base_head_dim=None if mup_base is None else mup_base.hidden // mup_base.heads)
 
     def at_width(self, params: ViTParams, width: int) -> ViTParams:
         # Keep head_dim fixed where the heads scale evenly (Table 4 scales heads with width).
@@ -105,18 +109,17 @@ class RandomFeaturesBuilder(ModelBuilder):
     name = "random-features"
     Params = RandomFeaturesParams
 
-    def build(self, params: RandomFeaturesParams, *, mup: bool = False) -> nn.Module:
-        if mup:
-            raise ValueError("the random-feature model has a frozen first layer and a 1/sqrt(M) readout; "
-                             "use parameterization 'standard'")
+    def build(self, params: RandomFeaturesParams, *, mup_base: RandomFeaturesParams | None = None) -> nn.Module:
+        if mup_base is not None:
+            self.at_width(params, 0)
         return RandomFeatureModel(params.inputs, params.features, params.feature_seed)
+
+    def at_width(self, params: RandomFeaturesParams, width: int) -> RandomFeaturesParams:
+        raise ValueError("the random-feature model has a frozen first layer and a 1/sqrt(M) readout; "
+                         "use parameterization 'standard'")
 
     def representation_size(self, params: RandomFeaturesParams) -> int:
         return params.features
-
-
-def _mup_readout(width: int, outputs: int) -> nn.Module:
-    return mup.MuReadout(width, outputs, bias=False)
 
 
 BUILDERS = (LlamaBuilder, ViTBuilder, RandomFeaturesBuilder)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from specreach.models.base import representation_of
+
 
 class LinearProbe(nn.Module):
     def __init__(self, backbone: nn.Module, representation_size: int, outputs: int):
         super().__init__()
-        if not hasattr(backbone, "features"):
-            raise TypeError(f"{type(backbone).__name__} has no features() method giving its final-layer representation")
+        representation_of(backbone)  # refuse a backbone without one, before anything is built
         self.backbone = backbone.requires_grad_(False)
         self.head = nn.Linear(representation_size, outputs)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self.head(self.backbone.features(inputs))
+        return self.head(representation_of(self.backbone)(inputs))
 
     def train(self, mode: bool = True) -> "LinearProbe":
         super().train(mode)

@@ -54,7 +54,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.hidden, width, bias=False)
         self.wv = nn.Linear(config.hidden, width, bias=False)
         self.wo = nn.Linear(width, config.hidden, bias=False)
-        #: Attention logit scale; standard 1/sqrt(head_dim), muP sets 1/head_dim.
+        #: Attention logit scale; standard 1/sqrt(head_dim), muP sqrt(base head_dim)/head_dim.
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -114,7 +114,7 @@ class Llama(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def features(self, tokens: Tensor) -> Tensor:
+    def representation(self, tokens: Tensor) -> Tensor:
         """The final-layer representation (after the last norm), shape (batch, tokens, hidden)."""
         length = tokens.shape[1]
         if length > self.config.context:
@@ -127,4 +127,4 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.output(self.features(tokens))
+        return self.output(self.representation(tokens))

@@ -1,8 +1,10 @@
 """Standard and muP parameterization, and checkpoints that survive muP.
 
-muP through the ``mup`` package: the builder's muP variant (``MuReadout``, 1/head_dim attention),
-base and delta models built from the base width so that ``set_base_shapes`` sees every width
-dimension, re-initialization with ``mup.init`` after the shapes are set, and ``MuAdamW``.
+muP through the ``mup`` package: the builder's muP variant (a ``MuReadout`` starting as the
+standard head, attention scaled by sqrt(base head_dim)/head_dim), base and delta models built from
+the base width so that ``set_base_shapes`` sees every width dimension, hidden weights rescaled by
+1/sqrt(fan-in multiplier) after the shapes are set, and ``MuAdamW``. At the base width a muP model
+is the standard model of the same seed, weight for weight.
 
 ``infshape`` lives on parameter objects and survives neither ``torch.save`` nor ``deepcopy``.
 A checkpoint therefore stores the model's recipe with its weights, and :func:`load_model`
@@ -21,10 +23,6 @@ from torch import nn
 
 from specreach.models.base import ModelBuilder
 from specreach.plugins import get_plugin_manager
-
-#: Standard deviation of weight matrices at initialization (Llama's and timm's ViT's 0.02).
-INIT_STD = 0.02
-
 
 class Parameterization(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,35 +62,39 @@ def build_model(recipe: ModelRecipe) -> nn.Module:
     is_mup = recipe.parameterization.kind == "mup"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = builder.build(params, mup=is_mup)
-        if is_mup:
-            apply_mup(model, builder, params, recipe.parameterization.base_width)
+        if not is_mup:
+            return builder.build(params)
+        base_width = recipe.parameterization.base_width
+        model = builder.build(params, mup_base=builder.at_width(params, base_width))
+        apply_mup(model, builder, params, base_width)
     return model
 
 
 def apply_mup(model: nn.Module, builder: ModelBuilder, params: BaseModel, base_width: int) -> None:
-    """Set base shapes from base and delta models at base_width and 2·base_width, then re-initialize."""
+    """Set base shapes from base and delta models at base_width and 2·base_width, then rescale."""
     if builder.width_field is None:
         raise ValueError(f"model '{builder.name}' has no width, so muP does not apply")
+    base_params = builder.at_width(params, base_width)
     with torch.device("meta"):  # only the shapes are needed
-        base = builder.build(builder.at_width(params, base_width), mup=True)
-        delta = builder.build(builder.at_width(params, 2 * base_width), mup=True)
+        base = builder.build(base_params, mup_base=base_params)
+        delta = builder.build(builder.at_width(params, 2 * base_width), mup_base=base_params)
     mup.set_base_shapes(model, base, delta=delta)
-    reinitialize(model)
+    rescale_hidden_weights(model)
 
 
-def reinitialize(model: nn.Module) -> None:
-    """muP initialization of the hidden weights (both dimensions scale with width): std INIT_STD
-    at the base width, scaled by 1/sqrt(fan-in multiplier). Input-like weights (a patch
-    embedding, token embeddings, positional embeddings: one width dimension), norms and biases
-    keep the builder's standard initialization, which muP leaves as it is; readouts keep the
-    initialization ``set_base_shapes`` rescaled."""
+def rescale_hidden_weights(model: nn.Module) -> None:
+    """muP initialization of the hidden weights (both dimensions scale with width): the standard
+    draw scaled by 1/sqrt(fan-in multiplier), the scale ``mup.init`` applies to a fresh draw of the
+    same standard deviation. Rescaling the standard draw instead of redrawing keeps the base-width
+    model identical to the standard one. Input-like weights (patch, token and positional
+    embeddings: one width dimension), norms and biases keep the standard initialization, which muP
+    leaves as it is; readouts keep the initialization ``set_base_shapes`` rescaled."""
     readout_params = {id(p) for m in model.modules() if isinstance(m, mup.MuReadout) for p in m.parameters()}
     with torch.no_grad():
         for param in model.parameters():
             if id(param) in readout_params or param.infshape.ninf() != 2:
                 continue
-            mup.init.normal_(param, std=INIT_STD)
+            param.mul_(param.infshape.width_mult() ** -0.5)
 
 
 def optimizer_for(model: nn.Module, parameterization: Parameterization, **adamw: Any) -> torch.optim.Optimizer:

@@ -29,15 +29,16 @@ def relu_features(x: Tensor, weight: Tensor) -> Tensor:
 class RandomFeatureModel(nn.Module):
     def __init__(self, inputs: int, features: int, feature_seed: int):
         super().__init__()
-        self.features = nn.Linear(inputs, features, bias=False)
-        self.features.weight.data.copy_(feature_matrix(inputs, features, feature_seed))
-        self.features.weight.requires_grad_(False)  # frozen: not part of θ
+        self.projection = nn.Linear(inputs, features, bias=False)  # W
+        self.projection.weight.data.copy_(feature_matrix(inputs, features, feature_seed))
+        self.projection.weight.requires_grad_(False)  # frozen: not part of θ
         self.readout = nn.Linear(features, 1, bias=False)
         nn.init.zeros_(self.readout.weight)
         self.readout_scale = 1.0 / math.sqrt(features)
 
     def representation(self, x: Tensor) -> Tensor:
-        return math.sqrt(2.0) * F.relu(self.features(x))
+        """φ(Wx): the frozen features (a linear probe trains on these, as the readout does)."""
+        return math.sqrt(2.0) * F.relu(self.projection(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.representation(x) * self.readout_scale)
