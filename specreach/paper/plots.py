@@ -1,18 +1,24 @@
-"""Figures, from recorded metrics only (the metrics tables of run directories), so they can be
-drawn again later without MLflow.
+"""Figures of training dynamics, drawn from recorded runs only (metrics tables and ``run.json``),
+so they can be drawn again long after the runs, without MLflow.
 
-- ``loss_and_position.png``: training loss and P against step, log–log, one curve per size
-  (paper Figure 1); measured steps are averaged per window, and over seeds.
-- ``components.png``: the normalized L̃, Ñ, P and Ñ·P per size (Figures 10–11).
-- ``final_loss.png``: final validation loss against parameter count, with a power-law fit.
+- ``loss_and_position.png`` (paper Figure 1): training loss and P against step, one curve per
+  setting; P averaged per measurement window — windows of one step (the schedule's initial
+  steps) are plotted as they are.
+- ``components.png`` (Figures 10–11): L̃, Ñ, P and Ñ·P per window.
+- ``final_loss.png`` (Figure 1 insets, Figure 7): final validation loss against parameter count,
+  a power law fitted per series (never across parameterizations or sweep values) where a series
+  has at least three sizes.
+- ``test_loss.png`` (Figure 7): validation loss during training.
+- ``loss_change.png`` (Figure 2): the loss change on B across an update, split into the linear
+  term −η·D and the remainder.
+
+Every curve is the mean over the seeds of one setting, with a band from the lowest to the highest
+seed where there are several; P, which can be negative, is drawn on a symmetric-log axis.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -21,148 +27,283 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter  # noqa: E402
 
-from specreach.engine.metrics_table import read_table  # noqa: E402
+from specreach.paper.runs import (  # noqa: E402
+    GroupKey, Labels, RunData, SeedCurves, finite, groups, load_run, seed_curves, seed_summary,
+)
 
-
-@dataclass
-class RunData:
-    name: str
-    meta: dict
-    rows: list[dict]
-
-    @property
-    def size(self) -> str:
-        """The size name; muP runs are marked so that they never pool with standard ones."""
-        size = self.meta.get("size", self.name)
-        return f"{size} (muP)" if self.meta.get("parameterization") == "mup" else size
-
-    @property
-    def parameters(self) -> int | None:
-        value = self.meta.get("parameters")
-        return int(value) if value is not None else None
+MIN_FIT_SIZES = 3  # a power law through two points fits anything
 
 
-def load_run(directory: Path) -> RunData:
-    directory = Path(directory)
-    meta_path = directory / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return RunData(directory.name, meta, read_table(directory / "metrics.csv"))
+# --- axes ------------------------------------------------------------------------------------------
+
+def value_axis(ax, values: Iterable[float], axis: str = "y") -> None:
+    """Log scale for positive data; symmetric-log (linear within the smallest decade) when any
+    value is zero or negative, with a line at zero."""
+    numbers = np.array([v for v in np.ravel(list(values)) if finite(v)], dtype=float)
+    positive = np.abs(numbers[numbers != 0])
+    if len(numbers) and (numbers <= 0).any():
+        threshold = 10 ** math.floor(math.log10(positive.min())) if len(positive) else 1.0
+        getattr(ax, f"set_{axis}scale")("symlog", linthresh=threshold, linscale=0.3)
+        (ax.axhline if axis == "y" else ax.axvline)(0, color="gray", lw=0.6)
+    elif len(numbers):
+        getattr(ax, f"set_{axis}scale")("log")
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def tidy(ax) -> None:
+    """Readable ticks: on log axes only decades are labelled, or 1-2-5 steps where the axis spans
+    less than two decades (minor labels of a short log axis otherwise run into each other)."""
+    ax.tick_params(labelsize=7)
+    for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log" or min(limits) <= 0:
+            continue
+        axis.set_minor_formatter(NullFormatter())
+        if math.log10(max(limits) / min(limits)) < 2:
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
 
 
-def window_means(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(mean step, mean value) of ``key`` per measurement window."""
-    groups: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for row in rows:
-        if _finite(row.get(key)) and _finite(row.get("window")):
-            groups[int(row["window"])].append((row["step"], row[key]))
-    windows = sorted(groups)
-    steps = np.array([np.mean([s for s, _ in groups[w]]) for w in windows])
-    values = np.array([np.mean([v for _, v in groups[w]]) for w in windows])
-    return steps, values
+def band(ax, x, curves: SeedCurves, color, label: str | None = None, values: np.ndarray | None = None, **style):
+    """The seed mean as a line with markers, and the range over seeds as a band."""
+    values = curves.values if values is None else values
+    (line,) = ax.plot(x, values.mean(axis=0), marker="o", ms=2.5, lw=1, color=color, label=label, **style)
+    if values.shape[0] > 1:
+        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.18, lw=0)
+    return line
 
 
-def by_size(runs: Iterable[RunData]) -> dict[str, list[RunData]]:
-    grouped: dict[str, list[RunData]] = defaultdict(list)
-    for run in runs:
-        if run.meta.get("phase", "train") == "train":
-            grouped[run.size].append(run)
-    return dict(sorted(grouped.items(), key=lambda item: item[1][0].parameters or 0))
+def colors(count: int):
+    cmap = plt.get_cmap("viridis" if count > 10 else "tab10")
+    return [cmap(i / max(1, count - 1)) if count > 10 else cmap(i) for i in range(count)]
 
 
-def _seed_mean(runs: list[RunData], key: str) -> tuple[np.ndarray, np.ndarray]:
-    curves = [window_means(run.rows, key) for run in runs]
-    curves = [c for c in curves if len(c[0])]
-    if not curves:
-        return np.array([]), np.array([])
-    length = min(len(c[0]) for c in curves)
-    return np.mean([c[0][:length] for c in curves], axis=0), np.mean([c[1][:length] for c in curves], axis=0)
-
-
-def _label(runs: list[RunData]) -> str:
-    parameters = runs[0].parameters
-    return f"{runs[0].size} ({parameters / 1e6:.2g}M)" if parameters else runs[0].size
-
-
-def plot_loss_and_position(runs: list[RunData], path: Path) -> Path:
-    fig, (ax_loss, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
-    for size, group in by_size(runs).items():
-        steps = [np.array([r["step"] + 1 for r in run.rows if _finite(r.get("loss"))]) for run in group]
-        losses = [np.array([r["loss"] for r in run.rows if _finite(r.get("loss"))]) for run in group]
-        length = min(len(s) for s in steps)
-        (line,) = ax_loss.plot(steps[0][:length], np.mean([loss[:length] for loss in losses], axis=0),
-                               lw=1, label=_label(group))
-        p_steps, positions = _seed_mean(group, "spectral_position")
-        ax_p.plot(p_steps + 1, positions, marker="o", ms=3, lw=1, color=line.get_color(), label=_label(group))
-    ax_loss.set(xscale="log", yscale="log", xlabel="step + 1", ylabel="training loss")
-    ax_p.set(xscale="log", yscale="log", xlabel="step + 1", ylabel="spectral position P (window mean)")
-    ax_p.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_components(runs: list[RunData], path: Path) -> Path:
-    panels = [("loss_magnitude_normalized", "L̃"), ("network_magnitude_normalized", "Ñ"),
-              ("spectral_position", "P"), (None, "Ñ · P")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
-    for size, group in by_size(runs).items():
-        steps, l_norm = _seed_mean(group, "loss_magnitude_normalized")
-        _, n_norm = _seed_mean(group, "network_magnitude_normalized")
-        _, position = _seed_mean(group, "spectral_position")
-        for ax, values in zip(axes, (l_norm, n_norm, position, n_norm * position)):
-            ax.plot(steps + 1, values, marker="o", ms=3, lw=1, label=_label(group))
-    for ax, (_, title) in zip(axes, panels):
-        ax.set(xscale="log", yscale="log", xlabel="step + 1", title=title)
-    axes[-1].legend(fontsize=8)
-    return _save(fig, path)
-
-
-def power_law_fit(parameters: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
-    """loss ≈ a · parameters^(−b), fitted in log–log space; returns (a, b)."""
-    slope, intercept = np.polyfit(np.log(parameters), np.log(losses), 1)
-    return float(np.exp(intercept)), float(-slope)
-
-
-def plot_final_loss(runs: list[RunData], path: Path) -> Path | None:
-    points = []
-    for size, group in by_size(runs).items():
-        finals = [next((r["eval_loss"] for r in reversed(run.rows) if _finite(r.get("eval_loss"))), None)
-                  for run in group]
-        finals = [f for f in finals if f is not None]
-        if finals and group[0].parameters:
-            points.append((group[0].parameters, float(np.mean(finals)), size))
-    if len(points) < 2:
-        return None
-    parameters = np.array([p[0] for p in points], dtype=float)
-    losses = np.array([p[1] for p in points])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(parameters, losses, "o")
-    a, b = power_law_fit(parameters, losses)
-    grid = np.geomspace(parameters.min(), parameters.max(), 50)
-    ax.plot(grid, a * grid ** -b, "--", label=f"{a:.3g} · N^(−{b:.3g})")
-    for n, loss, size in points:
-        ax.annotate(size, (n, loss), fontsize=7)
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="final validation loss")
-    ax.legend()
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:
+        tidy(ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kwargs)
+
+
+def seed_note(groups_: dict) -> str:
+    counts = sorted({len(g) for g in groups_.values()})
+    text = "/".join(map(str, counts))
+    return f"mean over {text} seed{'s' if counts != [1] else ''}" + (", band: range over seeds" if max(counts) > 1 else "")
+
+
+# --- which runs can be drawn -----------------------------------------------------------------------
+
+def measured(group: list[RunData], key: str = "spectral_position") -> bool:
+    return len(seed_curves(group, key)) >= 2
+
+
+def dynamics_groups(runs: list[RunData]) -> dict[GroupKey, list[RunData]]:
+    """Trained settings with at least two measurement windows (one-step runs have no dynamics)."""
+    return {key: group for key, group in groups(runs).items() if measured(group)}
+
+
+# --- Figure 1: loss and P against step ---------------------------------------------------------------
+
+def plot_loss_and_position(runs: list[RunData], path: Path) -> Path | None:
+    found = dynamics_groups(runs)
+    if not found:
+        return None
+    labels = Labels(found)
+    fig, (ax_loss, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
+    all_p = []
+    for (key, group), color in zip(found.items(), colors(len(found))):
+        losses = _aligned([run.values("loss") for run in group])
+        if losses is not None:
+            steps, values = losses
+            ax_loss.plot(steps + 1, values.mean(axis=0), lw=0.8, color=color)
+            if len(group) > 1:
+                ax_loss.fill_between(steps + 1, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, lw=0)
+        curves = seed_curves(group, "spectral_position")
+        band(ax_p, curves.steps + 1, curves, color, labels(key, group[0].parameters))
+        all_p.append(curves.values)
+    ax_loss.set(xscale="log", yscale="log", xlabel="step + 1", ylabel="training loss")
+    value_axis(ax_p, np.concatenate([v.ravel() for v in all_p]))
+    ax_p.set(xscale="log", xlabel="step + 1 (window mean; single steps at the start)",
+             ylabel="spectral position P", title=seed_note(found))
+    legend(ax_p)
+    return save(fig, path)
+
+
+def _aligned(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-step values of several runs on the steps they all have."""
+    series = [dict(s) for s in series if s]
+    if not series:
+        return None
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    if len(steps) < 2:
+        return None
+    return np.array(steps, dtype=float), np.array([[s[step] for step in steps] for s in series])
+
+
+# --- Figures 10-11: every component ------------------------------------------------------------------
+
+COMPONENTS = (("loss_magnitude_normalized", "L̃ (normalized loss magnitude)"),
+              ("network_magnitude_normalized", "Ñ (normalized network magnitude)"),
+              ("spectral_position", "P (spectral position)"), (None, "Ñ · P"))
+
+
+def plot_components(runs: list[RunData], path: Path) -> Path | None:
+    found = dynamics_groups(runs)
+    if not found:
+        return None
+    labels = Labels(found)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    plotted: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
+    for (key, group), color in zip(found.items(), colors(len(found))):
+        n_curves = seed_curves(group, "network_magnitude_normalized")
+        p_curves = seed_curves(group, "spectral_position")
+        for index, (metric, _) in enumerate(COMPONENTS):
+            if metric is None:  # Ñ·P per seed, on the windows both have
+                length = min(len(n_curves), len(p_curves))
+                curves = SeedCurves(p_curves.steps[:length], n_curves.values[:, :length] * p_curves.values[:, :length],
+                                    p_curves.seeds)
+            else:
+                curves = seed_curves(group, metric)
+            if len(curves):
+                band(axes.flat[index], curves.steps + 1, curves, color, labels(key, group[0].parameters))
+                plotted[index].append(curves.values)
+    for index, (ax, (_, title)) in enumerate(zip(axes.flat, COMPONENTS)):
+        value_axis(ax, np.concatenate([v.ravel() for v in plotted[index]]) if plotted[index] else [])
+        ax.set(xscale="log", xlabel="step + 1", title=title)
+    fig.suptitle(seed_note(found), fontsize=9)
+    legend(axes.flat[1])
+    return save(fig, path)
+
+
+# --- Figure 7: validation loss during training -----------------------------------------------------
+
+def plot_test_loss(runs: list[RunData], path: Path) -> Path | None:
+    found = {}
+    for key, group in groups(runs).items():
+        aligned = _aligned([run.values("eval_loss") for run in group])
+        if aligned is not None:
+            found[key] = (group, aligned)
+    if not found:
+        return None
+    labels = Labels(found)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (key, (group, (steps, values))), color in zip(found.items(), colors(len(found))):
+        curves = SeedCurves(steps, values, [run.seed for run in group])
+        band(ax, steps, curves, color, labels(key, group[0].parameters))
+    ax.set(xscale="log", yscale="log", xlabel="step", ylabel="validation loss",
+           title=seed_note({k: v[0] for k, v in found.items()}))
+    legend(ax)
+    return save(fig, path)
+
+
+# --- final loss against size -------------------------------------------------------------------------
+
+def power_law_fit(parameters: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
+    """loss ≈ a · parameters^(−b), fitted in log–log space; returns (a, b)."""
+    if len(set(parameters.tolist())) < MIN_FIT_SIZES:
+        raise ValueError(f"a power law needs at least {MIN_FIT_SIZES} sizes, got {len(set(parameters.tolist()))}")
+    slope, intercept = np.polyfit(np.log(parameters), np.log(losses), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def final_loss_series(runs: list[RunData]) -> dict[GroupKey, list[dict]]:
+    """Per setting without the size (a series across sizes): one point per size, over seeds."""
+    series: dict[GroupKey, list[dict]] = {}
+    for key, group in groups(runs).items():
+        finals = [run.last("eval_loss") for run in group]
+        if group[0].parameters is None or not any(f is not None for f in finals):
+            continue
+        setting = GroupKey(key.spec, key.parameterization, key.sweep, "", key.phase)
+        series.setdefault(setting, []).append(
+            {"size": key.size, "parameters": group[0].parameters,
+             **seed_summary(finals, [run.seed for run in group])})
+    return {key: sorted(points, key=lambda p: p["parameters"]) for key, points in series.items()}
+
+
+def fit_series(series: dict[GroupKey, list[dict]]) -> dict[GroupKey, tuple[float, float]]:
+    fits = {}
+    for key, points in series.items():
+        points = [p for p in points if p["mean"] is not None]
+        if len({p["parameters"] for p in points}) >= MIN_FIT_SIZES:
+            fits[key] = power_law_fit(np.array([p["parameters"] for p in points], float),
+                                      np.array([p["mean"] for p in points]))
+    return fits
+
+
+def plot_final_loss(runs: list[RunData], path: Path) -> Path | None:
+    series = final_loss_series(runs)
+    if not any(len(points) >= 2 for points in series.values()):
+        return None
+    labels = Labels(series)
+    fits = fit_series(series)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (key, points), color in zip(series.items(), colors(len(series))):
+        x = np.array([p["parameters"] for p in points], float)
+        y = np.array([p["mean"] for p in points])
+        low = np.array([p["min"] for p in points])
+        high = np.array([p["max"] for p in points])
+        ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o", ms=4, capsize=3, color=color,
+                    label=labels.setting(key) if len(series) > 1 else None)
+        if key in fits:
+            a, b = fits[key]
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.plot(grid, a * grid ** -b, "--", color=color, lw=1,
+                    label=f"fit: {a:.3g} · parameters^−{b:.3g}")
+        for point in points:
+            ax.annotate(point["size"], (point["parameters"], point["mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="final validation loss",
+           title=f"error bars: range over seeds; power law fitted with ≥ {MIN_FIT_SIZES} sizes")
+    ax.title.set_fontsize(8)
+    legend(ax)
+    return save(fig, path)
+
+
+# --- Figure 2: linear and non-linear parts of the loss change --------------------------------------
+
+def plot_loss_change(runs: list[RunData], path: Path) -> Path | None:
+    """ΔL_B across the update, the linear term −η·D and the remainder, per window."""
+    found = {}
+    for key, group in dynamics_groups(runs).items():
+        actual = seed_curves(group, "delta_loss_b")
+        linear = seed_curves(group, "delta_loss_b_sgd_linear")
+        if len(actual) >= 2 and len(linear) >= 2 and len(actual) == len(linear):
+            found[key] = (group, actual, linear)
+    if not found:
+        return None
+    labels = Labels(found)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharex=True)
+    titles = ("ΔL_B: loss change on B across the update", "linear term −η · D = −η ⟨∇L_B, ∇L_A⟩",
+              "remainder ΔL_B − (−η · D)")
+    drawn: list[list[np.ndarray]] = [[], [], []]
+    for (key, (group, actual, linear)), color in zip(found.items(), colors(len(found))):
+        for index, values in enumerate((actual.values, linear.values, actual.values - linear.values)):
+            band(axes[index], actual.steps + 1, actual, color, labels(key, group[0].parameters), values=values)
+            drawn[index].append(values)
+    for ax, title, values in zip(axes, titles, drawn):
+        value_axis(ax, np.concatenate([v.ravel() for v in values]))
+        ax.set(xscale="log", xlabel="step + 1", title=title)
+        ax.title.set_fontsize(9)
+    fig.suptitle("−η·D is the linear term of an SGD step; with AdamW the update is preconditioned, so the "
+                 "remainder holds the preconditioning as well as the non-linear part. " + seed_note(found),
+                 fontsize=8)
+    legend(axes[0])
+    return save(fig, path)
+
+
 def plot_runs(results, directory: Path) -> list[Path]:
-    """The standard figures for a list of run results (anything with ``output_dir``)."""
+    """The training-dynamics figures for a list of run results (anything with ``output_dir``)."""
     runs = [load_run(r.output_dir) for r in results]
-    paths = [plot_loss_and_position(runs, directory / "loss_and_position.png"),
-             plot_components(runs, directory / "components.png"),
-             plot_final_loss(runs, directory / "final_loss.png")]
+    paths = [plot_loss_and_position(runs, Path(directory) / "loss_and_position.png"),
+             plot_components(runs, Path(directory) / "components.png"),
+             plot_final_loss(runs, Path(directory) / "final_loss.png")]
     return [p for p in paths if p is not None]
