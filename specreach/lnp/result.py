@@ -21,6 +21,8 @@ class ChiNet:
     value: float
     stderr: float = NAN
     by_group: Mapping[str, float] = field(default_factory=dict)
+    #: Degrees of freedom of the standard error (Welch–Satterthwaite); NaN when exact.
+    dof: float = NAN
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class LNPResult:
     probes: int | None
     chi_net_a_stderr: float = NAN
     chi_net_b_stderr: float = NAN
+    #: Effective degrees of freedom of those standard errors (they are widened by t_ν/z, so that
+    #: ±2 standard errors covers 95 % even with few probes); NaN when exact.
+    chi_net_a_dof: float = NAN
+    chi_net_b_dof: float = NAN
     network_magnitude_stderr: float = NAN
     network_magnitude_normalized_stderr: float = NAN
     spectral_position_stderr: float = NAN
@@ -162,6 +168,8 @@ def assemble_result(
         probes=probes,
         chi_net_a_stderr=chi_net_a.stderr,
         chi_net_b_stderr=chi_net_b.stderr,
+        chi_net_a_dof=chi_net_a.dof,
+        chi_net_b_dof=chi_net_b.dof,
         network_magnitude_stderr=network_magnitude_stderr,
         network_magnitude_normalized_stderr=network_magnitude_stderr / batch_scale,
         spectral_position_stderr=abs(spectral_position) * relative_error_n,
