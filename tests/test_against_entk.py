@@ -74,3 +74,35 @@ def test_float32_agrees_with_float64():
     result32 = measure_lnp(model, loss_fn, batch_a, batch_b, estimator="exact")
     expected = lnp_reference(model.double(), loss_fn, batch_a, batch_b)
     assert_matches(result32, expected, rel=1e-4)
+
+
+def test_entk_restricted_to_positions_and_output_indices(float64):
+    """The kernel over a subset of token positions × vocabulary entries (paper, Figure 12)."""
+    import numpy as np
+    from reference import jacobian_and_output_grad
+
+    model, loss_fn, batch_a, _ = cases.build("llama")
+    positions, indices = [1, 3], [0, 2, 5, 7]
+    result = measure_lnp(model, loss_fn, batch_a, estimator="entk", positions=positions, output_indices=indices)
+    jacobian, output_grad = jacobian_and_output_grad(model, loss_fn, *batch_a)
+    n, tokens, vocab = model(batch_a[0]).shape
+    keep = np.zeros((n, tokens, vocab), dtype=bool)
+    keep[np.ix_(range(n), positions, indices)] = True
+    rows = np.flatnonzero(keep.reshape(-1))
+    j, g = jacobian[rows], output_grad[rows]
+    kernel = j @ j.T
+    assert len(result.eigenvalues) == len(rows) == n * len(positions) * len(indices)
+    assert result.network_magnitude == pytest.approx(float(np.trace(kernel)), rel=1e-9)
+    assert result.grad_dot == pytest.approx(float(g @ kernel @ g), rel=1e-9)
+    assert result.spectral_position == pytest.approx(float(g @ kernel @ g) / (g @ g) / np.trace(kernel), rel=1e-9)
+    np.testing.assert_allclose(result.eigenvalues, sorted(np.linalg.eigvalsh(kernel), reverse=True),
+                               rtol=1e-7, atol=1e-12)
+
+
+def test_entk_restriction_out_of_range_is_refused(float64):
+    model, loss_fn, batch_a, _ = cases.build("llama")
+    with pytest.raises(ValueError, match=r"entk output_indices=\[99\] out of range"):
+        measure_lnp(model, loss_fn, batch_a, estimator="entk", output_indices=[99])
+    model, loss_fn, batch_a, _ = cases.build("mlp")
+    with pytest.raises(ValueError, match="entk positions= needs outputs with a position dim"):
+        measure_lnp(model, loss_fn, batch_a, estimator="entk", positions=[0])

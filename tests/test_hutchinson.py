@@ -77,3 +77,17 @@ def test_two_standard_errors_cover_as_promised(float64, case, probes):
         misses += abs(result.chi_net_a - exact) > 2 * result.chi_net_a_stderr
         assert result.chi_net_a_dof > 0
     assert 0.003 <= misses / 300 <= 0.09, misses
+
+
+def test_plain_hutchinson_probes_through_the_head(float64):
+    """readout='probed': no closed-form head share, still unbiased, and noisier than the default."""
+    model, loss_fn, batch_a, _ = cases.build("llama")
+    exact = measure_lnp(model, loss_fn, batch_a, estimator="exact").chi_net_a
+    plain = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=64, readout="probed",
+                        generator=torch.Generator().manual_seed(5))
+    default = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=64,
+                          generator=torch.Generator().manual_seed(5))
+    assert abs(plain.chi_net_a - exact) < 4 * plain.chi_net_a_stderr
+    assert not any(path.startswith("closed form") for path in plain.paths.values())
+    assert default.paths["output.weight"].startswith("closed form of the linear readout 'output'")
+    assert plain.chi_net_a_stderr > default.chi_net_a_stderr
