@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from specreach.config import load_spec
-from specreach.engine.member import build_data, evaluate, run_member, warmup_factor
+from specreach.engine.session import run_session
+from specreach.engine.training import build_data, evaluate, warmup_factor
 from specreach.engine.runs import TrackingTarget, expand
 from specreach.engine.tasks import loss_for
 from specreach.models.parameterization import build_model
@@ -83,7 +84,7 @@ def main() -> None:
         for name, run in variants.items():
             run = run.model_copy(update={"output_dir": workdir / f"{repeat}-{len(times[name])}-{hash(name)}"})
             start = time.perf_counter()
-            result = run_member(run)
+            result = run_session(run)
             times[name].append(time.perf_counter() - start)
             assert result.status == "FINISHED", result.message
 

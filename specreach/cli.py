@@ -11,22 +11,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from specreach.config import load_spec
     from specreach.engine import Engine
 
+    execution = [f"execution.kind={args.executor}"] if args.executor else []
+    execution += [f"execution.params.workers={args.workers}"] if args.workers else []
     if args.resume:
-        if args.spec or args.overrides:
-            raise ValueError("--resume continues a run directory as it was; give no spec or overrides with it")
-        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri)
+        if args.spec:  # argparse reads the first override as the spec
+            raise ValueError("--resume continues a run directory as it was; give no spec with it "
+                             "(execution.* overrides and --executor may change how its runs execute)")
+        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri,
+                               overrides=[*execution, *args.overrides])
     else:
         if not args.spec:
             raise ValueError("give a spec file (or --resume DIR)")
-        overrides = list(args.overrides) + ([f"output={args.output}"] if args.output else [])
+        overrides = [*execution, *args.overrides] + ([f"output={args.output}"] if args.output else [])
         engine = Engine(load_spec(args.spec, overrides), tracking_uri=args.tracking_uri)
     if args.dry_run:
         import yaml
 
         print(yaml.safe_dump(engine.spec.model_dump(mode="json"), sort_keys=False).rstrip())
-        print(f"\n{len(engine.runs())} runs:")
-        for run in engine.runs():
-            print(f"  {run.name}: {run.recipe.kind} {run.recipe.params}, lr {run.train.lr:g}, phase {run.phase}")
+        runs = engine.runs()
+        print(f"\n{len(runs)} runs: executor {engine.spec.execution.kind}")
+        for run in runs:
+            needs = f", after {', '.join(run.needs)}" if run.needs else ""
+            print(f"  {run.name}: {run.recipe.kind} {run.recipe.params}, lr {run.train.lr:g}, phase {run.phase}{needs}")
         return 0
     results = engine.run()
     width = max(len(r.name) for r in results) if results else 0
@@ -53,15 +59,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from specreach.config import SpecError, load_spec
-    from specreach.engine import Engine
+    from specreach.engine.runs import TrackingTarget, expand
 
     try:
         spec = load_spec(args.spec, args.overrides)
     except SpecError as error:
         print(error, file=sys.stderr)
         return 1
-    runs = Engine(spec).runs()
+    runs = expand(spec, Path(spec.output) / spec.name, TrackingTarget.off())  # no torch, no MLflow: fast
     print(f"{args.spec}: valid, {len(runs)} runs: {', '.join(r.name for r in runs)}")
     return 0
 
@@ -94,7 +102,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     manager = get_plugin_manager()
     for title, registered in (("estimators", manager.estimators()), ("datasets", manager.datasets()),
-                              ("models", manager.models())):
+                              ("models", manager.models()), ("executors", manager.executors())):
         print(f"{title}:")
         for name, entry in registered.items():
             doc = (entry.component.__doc__ or "").strip().splitlines()
@@ -148,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run directory")
     run.add_argument("--output", metavar="DIR", help="output directory (overrides the spec's)")
     run.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: SQLite in the output)")
+    run.add_argument("--executor", metavar="KIND", help="how the runs execute: local (default), processes, ray, or "
+                     "a plugin's; same as execution.kind=KIND")
+    run.add_argument("--workers", metavar="N", type=int, help="worker processes (execution.params.workers=N)")
     run.set_defaults(run=cmd_run)
 
     report = commands.add_parser("report", help="draw the paper's figures from recorded runs")

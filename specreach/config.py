@@ -100,16 +100,19 @@ def _model_class(annotation) -> type[BaseModel] | None:
 
 
 def _component_params_class(config: dict, path: Path_) -> type[BaseModel] | None:
-    """The plugin parameter model for ``model.params``, ``model.sizes.X``, ``data.params``, ``measure.options``."""
+    """The plugin parameter model for ``model.params``, ``model.sizes.X``, ``data.params``,
+    ``measure.options`` and ``execution.params``."""
     manager = get_plugin_manager()
     section = path[0] if path else None
     try:
         if section == "model" and (path[1:2] == ("params",) or (len(path) == 3 and path[1] == "sizes")):
-            return manager.models()[config["model"]["kind"]].component.Params
+            return manager.models()[config["model"]["kind"]].params
         if section == "data" and path[1:] == ("params",):
-            return manager.datasets()[config["data"]["kind"]].component.Params
+            return manager.datasets()[config["data"]["kind"]].params
         if section == "measure" and path[1:] == ("options",):
-            return manager.estimators()[config["measure"].get("estimator", "hutchinson")].component.Params
+            return manager.estimators()[config["measure"].get("estimator", "hutchinson")].params
+        if section == "execution" and path[1:] == ("params",):
+            return manager.executors()[(config.get("execution") or {}).get("kind", "local")].params
     except (KeyError, TypeError, AttributeError):
         return None
     return None
@@ -228,7 +231,7 @@ def _component_problems(config: dict, lines: dict[Path_, int], source: str) -> l
             if kind not in registry:
                 problem(("model", "kind"), f"unknown model kind '{kind}'{_suggest(kind, registry)}")
             else:
-                params_class = registry[kind].component.Params
+                params_class = registry[kind].params
                 shared = model.get("params") or {}
                 sizes = model.get("sizes") or {"": {}}
                 if isinstance(sizes, dict):
@@ -242,16 +245,23 @@ def _component_problems(config: dict, lines: dict[Path_, int], source: str) -> l
         if data["kind"] not in registry:
             problem(("data", "kind"), f"unknown data kind '{data['kind']}'{_suggest(data['kind'], registry)}")
         else:
-            check_params(registry[data["kind"]].component.Params, data.get("params") or {}, ("data", "params"))
+            check_params(registry[data["kind"]].params, data.get("params") or {}, ("data", "params"))
     measure = config.get("measure")
     if isinstance(measure, dict) and isinstance(measure.get("estimator"), str):
         registry = manager.estimators()
         if measure["estimator"] not in registry:
             problem(("measure", "estimator"),
                     f"unknown estimator '{measure['estimator']}'{_suggest(measure['estimator'], registry)}")
+        elif measure.get("options") or registry[measure["estimator"]].params_known:
+            check_params(registry[measure["estimator"]].params, measure.get("options") or {}, ("measure", "options"))
+    execution = config.get("execution")
+    if isinstance(execution, dict) and isinstance(execution.get("kind", "local"), str):
+        registry = manager.executors()
+        kind = execution.get("kind", "local")
+        if kind not in registry:
+            problem(("execution", "kind"), f"unknown executor '{kind}'{_suggest(kind, registry)}")
         else:
-            check_params(registry[measure["estimator"]].component.Params, measure.get("options") or {},
-                         ("measure", "options"))
+            check_params(registry[kind].params, execution.get("params") or {}, ("execution", "params"))
     return problems
 
 

@@ -7,24 +7,33 @@ A plugin is any module or object with ``@hookimpl`` functions. Each hook receive
 
     @hookimpl
     def register_estimators(register):
-        register(MyEstimator)
+        register(MyEstimator)                                   # the class itself, or
+        register("my_package.heavy:MyEstimator", name="mine")   # by name, imported on first use
+
+Registering by name keeps a plugin cheap to load: its module is imported only when a spec uses
+the component. ``params="module:Params"`` names a parameter model that imports without the
+component, so specs are validated without importing it either; other class attributes that the
+spec layer reads (``uses_probes``) can be declared as keywords. Whatever is declared is checked
+against the class when it is imported.
 
 Third-party packages expose such a module under the ``specreach`` entry-point group.
-The built-ins register through the same hooks, so nothing is special about them.
+The built-ins register through the same hooks (``specreach.builtins``), so nothing is special
+about them.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import warnings
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import pluggy
 
 PROJECT = "specreach"
 ENTRY_POINT_GROUP = "specreach"
-BUILTIN_PLUGINS = ("specreach.lnp.builtin", "specreach.data.builtin", "specreach.models.builtin")
+BUILTIN_PLUGINS = ("specreach.builtins",)
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -34,16 +43,20 @@ class Hooks:
     """Hook specifications. Every hook is called once per plugin with its own ``register``."""
 
     @hookspec
-    def register_estimators(self, register: Callable[[type], None]) -> None:
+    def register_estimators(self, register: Callable[..., None]) -> None:
         """Register LNP estimator classes (subclasses of ``specreach.lnp.Estimator``)."""
 
     @hookspec
-    def register_datasets(self, register: Callable[[type], None]) -> None:
+    def register_datasets(self, register: Callable[..., None]) -> None:
         """Register data-source classes (subclasses of ``specreach.data.DataSource``)."""
 
     @hookspec
-    def register_models(self, register: Callable[[type], None]) -> None:
+    def register_models(self, register: Callable[..., None]) -> None:
         """Register model-builder classes (subclasses of ``specreach.models.ModelBuilder``)."""
+
+    @hookspec
+    def register_executors(self, register: Callable[..., None]) -> None:
+        """Register executors (subclasses of ``specreach.engine.executors.Executor``): how runs are run."""
 
 
 class PluginLoadError(RuntimeError):
@@ -54,20 +67,77 @@ class DuplicateComponentError(ValueError):
     """Two plugins registered a component under the same name."""
 
 
-@dataclass(frozen=True)
+def import_target(target: str) -> Any:
+    """``"package.module:attribute"`` → the attribute."""
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        raise ValueError(f"'{target}' does not name an attribute: write 'package.module:Attribute'")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
 class Registered:
-    """A component and where it came from."""
+    """A registered component, where it came from, and its parameter model.
 
-    name: str
-    component: Any
-    source: str
+    A component registered by name is imported on first access to :attr:`component`.
+    """
 
+    def __init__(self, name: str, source: str, target: Any, params: str | type | None = None,
+                 declared: dict[str, Any] | None = None):
+        self.name, self.source = name, source
+        self._target, self._params, self.declared = target, params, dict(declared or {})
 
-def _component_name(component: Any) -> str:
-    name = getattr(component, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{component!r} has no string attribute 'name' to register it under")
-    return name
+    def __repr__(self) -> str:
+        return f"Registered({self.name!r}, from {self.source})"
+
+    @property
+    def loaded(self) -> bool:
+        return not isinstance(self._target, str) or "component" in self.__dict__
+
+    @cached_property
+    def component(self) -> Any:
+        if not isinstance(self._target, str):
+            return self._target
+        try:
+            component = import_target(self._target)
+        except Exception as error:
+            raise PluginLoadError(f"{self.name!r} (registered by {self.source} as {self._target}) failed to import: "
+                                  f"{type(error).__name__}: {error}") from error
+        self._check(component)
+        return component
+
+    def _check(self, component: Any) -> None:
+        """What was declared at registration must be what the class says."""
+        mismatches = []
+        if getattr(component, "name", self.name) != self.name:
+            mismatches.append(f"name {component.name!r}")
+        if self._params is not None and getattr(component, "Params", None) is not self.params:
+            mismatches.append(f"Params {getattr(component, 'Params', None)!r} instead of {self.params!r}")
+        for key, value in self.declared.items():
+            if getattr(component, key, None) != value:
+                mismatches.append(f"{key} = {getattr(component, key, None)!r} instead of {value!r}")
+        if mismatches:
+            raise PluginLoadError(f"{self.source} registered {self.name!r} as {self._target}, but that class has "
+                                  + "; ".join(mismatches))
+
+    @property
+    def params_known(self) -> bool:
+        """Whether :attr:`params` is available without importing the component."""
+        return self._params is not None or self.loaded
+
+    @cached_property
+    def params(self) -> type:
+        """The component's Pydantic parameter model."""
+        if isinstance(self._params, str):
+            return import_target(self._params)
+        if self._params is not None:
+            return self._params
+        return self.component.Params
+
+    def attribute(self, key: str, default: Any = None) -> Any:
+        """A class attribute, from the declaration when there is one (no import)."""
+        if key in self.declared:
+            return self.declared[key]
+        return getattr(self.component, key, default)
 
 
 class PluginManager:
@@ -117,13 +187,23 @@ class PluginManager:
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 source = impl.plugin_name
 
-                def register(component: Any, _source: str = source) -> None:
-                    name = _component_name(component)
+                def register(component: Any, *, name: str | None = None, params: str | type | None = None,
+                             _source: str = source, **declared: Any) -> None:
+                    if isinstance(component, str):
+                        if not name:
+                            raise TypeError(f"{_source}: registering {component!r} by name needs name=...")
+                    else:
+                        name = name or getattr(component, "name", None)
+                        if not isinstance(name, str) or not name:
+                            raise TypeError(f"{component!r} has no string attribute 'name' to register it under")
                     if name in found:
                         raise DuplicateComponentError(
                             f"{hook_name}: '{name}' is registered twice, by {found[name].source} and by {_source}"
                         )
-                    found[name] = Registered(name, component, _source)
+                    entry = Registered(name, _source, component, params, declared)
+                    if not isinstance(component, str):
+                        entry._check(component)
+                    found[name] = entry
 
                 impl.function(register=register)
             self._cache[hook_name] = dict(sorted(found.items()))
@@ -137,6 +217,9 @@ class PluginManager:
 
     def models(self) -> dict[str, Registered]:
         return self.components("register_models")
+
+    def executors(self) -> dict[str, Registered]:
+        return self.components("register_executors")
 
 
 _default: PluginManager | None = None

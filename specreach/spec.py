@@ -1,8 +1,12 @@
 """The Pydantic models of a spec, and nothing else.
 
-Extra keys are forbidden at every level. Components (the model, the data source) are
-discriminated by ``kind``: built-in and plugin kinds alike are looked up in the plugin
-registry and their ``params`` validated against that component's own parameter model.
+Extra keys are forbidden at every level. Components (the model, the data source, the
+executor) are discriminated by ``kind``: built-in and plugin kinds alike are looked up in the
+plugin registry and their ``params`` validated against that component's own parameter model.
+
+This module imports no torch (nor mup, opacus, timm): built-in components are registered by
+name and their parameter models live in :mod:`specreach.params`, so a spec validates in well
+under a second.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from specreach.models.parameterization import Parameterization
 from specreach.models.presets import PRESETS
+from specreach.params.models import Parameterization
 from specreach.plugins import get_plugin_manager
 
 
@@ -34,7 +38,7 @@ def validate_component_params(registry: dict, kind: str, params: dict[str, Any],
     if kind not in registry:
         raise PydanticCustomError("unknown_kind", f"unknown {what} kind '{{kind}}'{_closest(kind, registry)}",
                                   {"kind": kind})
-    return registry[kind].component.Params(**params).model_dump()
+    return registry[kind].params(**params).model_dump()
 
 
 class ModelSection(Strict):
@@ -100,7 +104,12 @@ class TrainSection(Strict):
         "Dotted keys set to the run's seed plus the given offset, e.g. {data.params.teacher_seed: 1000}: "
         "parameters that should vary with the model seed."))
     data_seed: int = Field(0, description="Seed of the data order (the same for every model seed).")
-    device: str = Field("cpu", description="Torch device, e.g. cpu or cuda.")
+    device: str = Field("cpu", description=(
+        "Torch device: cpu, cuda, cuda:N, or auto (cuda where the run's machine has a GPU, else cpu; "
+        "resolved where the run executes)."))
+    precision: Literal["fp32", "bf16-mixed"] = Field("fp32", description=(
+        "Training arithmetic: fp32, or bf16-mixed (autocast of the forward pass to bfloat16, float32 "
+        "weights and optimizer). The LNP measurement and evaluations always run in float32."))
     threads: int | None = Field(None, ge=1, description=(
         "Torch CPU threads for the run (default: torch's). 1 avoids oversubscription when several runs "
         "share the cores; small models gain little from more."))
@@ -125,6 +134,22 @@ class TrainSection(Strict):
             if lr <= 0:
                 raise ValueError(f"learning rate for size '{size}' must be positive, got {lr}")
         return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str):
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", value):
+            raise ValueError(f"device '{value}' is not one of auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
+        return value
+
+    @model_validator(mode="after")
+    def _mixed_precision_keeps_float32_weights(self):
+        if self.precision == "bf16-mixed" and self.dtype != "float32":
+            raise ValueError(f"precision bf16-mixed autocasts a float32 model; dtype {self.dtype} leaves nothing to "
+                             "autocast: set dtype: float32 (or precision: fp32)")
+        return self
 
 
 class LogWindows(Strict):
@@ -174,9 +199,10 @@ class MeasureSection(Strict):
             raise PydanticCustomError(
                 "unknown_kind", f"unknown estimator '{{name}}'{_closest(self.estimator, registry)}",
                 {"name": self.estimator})
-        estimator = registry[self.estimator].component
-        estimator.Params(**self.options)
-        if self.probes is not None and not estimator.uses_probes:
+        estimator = registry[self.estimator]
+        if self.options or estimator.params_known:  # built-in estimators accept no options by default
+            estimator.params(**self.options)
+        if self.probes is not None and not estimator.attribute("uses_probes", False):
             raise ValueError(f"estimator '{self.estimator}' draws no probes; remove 'probes'")
         return self
 
@@ -197,6 +223,20 @@ class TrackingSection(Strict):
     enabled: bool = Field(True, description="Log to MLflow at all (the metrics table is always written).")
 
 
+class ExecutionSection(Strict):
+    """How the runs are executed: one after another here (``local``), in worker processes on this
+    machine (``processes``), as tasks on a Ray cluster (``ray``), or by a plugin's executor. The
+    choice never changes what a run computes."""
+
+    kind: str = Field("local", description="Executor (local, processes, ray, or a plugin's).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The executor's own parameters.")
+
+    @model_validator(mode="after")
+    def _known(self):
+        validate_component_params(get_plugin_manager().executors(), self.kind, self.params, "executor")
+        return self
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (letters, digits, _ . -).")
     model: ModelSection
@@ -207,6 +247,8 @@ class Spec(Strict):
     measure: MeasureSection = Field(default_factory=MeasureSection)
     probe: ProbeSection | None = Field(None, description="Optional linear-probe phase.")
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    execution: ExecutionSection = Field(default_factory=ExecutionSection,
+                                        description="Where and how the runs execute (default: one after another here).")
     output: Path = Field(Path("runs"), description="Output directory; each spec writes into output/name.")
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description=(
         "Dotted keys and the values to sweep them over, e.g. {data.params.alpha: [1.5, 2, 3]}: one set of "
@@ -219,7 +261,7 @@ class Spec(Strict):
         for key, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep.{key}: give at least one value")
-            if key.split(".")[0] in ("name", "sweep", "output"):
+            if key.split(".")[0] in ("name", "sweep", "output", "execution"):
                 raise ValueError(f"sweep.{key}: '{key.split('.')[0]}' cannot be swept")
         for assignments in sweep_combinations(self.sweep):
             with_values(self, assignments)  # every combination must make a valid spec

@@ -1,18 +1,26 @@
 """The MLflow adapter: the only module that imports mlflow.
 
-One :class:`Tracker` is one MLflow run. Metrics are buffered and sent with ``log_batch`` so
-that tracking costs well under 1 % of a run. When the tracking store cannot be reached, the
-tracker warns once and turns into a no-op: the run goes on and its metrics table (written by
-the engine, independently of MLflow) keeps everything.
+One :class:`Tracker` is one MLflow run. Metrics are buffered and sent with ``log_batch`` when
+flushed (the engine flushes at checkpoints and at the end), so that tracking costs well under
+1 % of a run and a resumed run never sends a value twice. When the tracking store cannot be
+reached, the tracker warns once and turns into a no-op: the run goes on and its metrics table
+(written by the engine, independently of MLflow) keeps everything.
+
+A SQLite store is one file that several processes (the runs of a ``processes`` or local
+``ray`` executor) may write at once: every call on it holds an inter-process file lock next to
+the database. Across machines, use an MLflow server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
+
+from filelock import FileLock
 
 #: Fail fast against an unreachable server instead of MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -23,7 +31,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 MAX_PARAM_VALUE = 6000
 MAX_PARAM_KEY = 250
-FLUSH_EVERY = 500  # buffered metric values before a log_batch
+SQLITE_PREFIX = "sqlite:///"
 
 
 def local_tracking_uri(directory: Path) -> str:
@@ -41,6 +49,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name[:MAX_PARAM_KEY]] = str(value)[:MAX_PARAM_VALUE]
     return flat
+
+
+def store_lock(uri: str | None):
+    """An inter-process lock for a SQLite store (``<db>.lock``); nothing for other stores."""
+    if uri is None or not uri.startswith(SQLITE_PREFIX):
+        return contextlib.nullcontext()
+    database = Path(uri[len(SQLITE_PREFIX):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".lock", timeout=600)
 
 
 def _reachable(uri: str) -> bool:
@@ -78,35 +95,43 @@ class Tracker:
         try:
             if not _reachable(uri):
                 raise ConnectionError(f"no MLflow server answers at {uri}")
-            client = MlflowClient(tracking_uri=uri)
-            if resume_run_id is not None:
-                client.update_run(resume_run_id, status="RUNNING")
-                return cls(client, resume_run_id, uri)
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-                experiment_id = client.create_experiment(experiment, artifact_location=location)
-            else:
-                experiment_id = found.experiment_id
-            all_tags = dict(tags or {})
-            if parent_run_id is not None:
-                all_tags["mlflow.parentRunId"] = parent_run_id
-            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-            tracker = cls(client, run.info.run_id, uri)
-            if params:
-                tracker.log_params(params)
-            return tracker
+            with store_lock(uri):
+                return cls._start(uri, experiment, run_name, artifact_root, parent_run_id, tags, params, resume_run_id)
         except Exception as error:  # tracking must never take the run down
             warnings.warn(f"MLflow tracking at {uri} is unavailable ({type(error).__name__}: {error}); the run goes "
                           "on and its metrics table is still written to the output directory", stacklevel=2)
             return cls.disabled()
+
+    @classmethod
+    def _start(cls, uri, experiment, run_name, artifact_root, parent_run_id, tags, params, resume_run_id) -> "Tracker":
+        client = MlflowClient(tracking_uri=uri)
+        if resume_run_id is not None:
+            client.update_run(resume_run_id, status="RUNNING")
+            return cls(client, resume_run_id, uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        all_tags = dict(tags or {})
+        if parent_run_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        tracker = cls(client, run.info.run_id, uri)
+        if params:
+            items = [Param(k, v) for k, v in params.items()]
+            for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                client.log_batch(tracker.run_id, params=items[start:start + 100])
+        return tracker
 
     def _guard(self, method: str, *args, **kwargs) -> None:
         """Call ``self.client.<method>``; a failure warns once and turns tracking off for this run."""
         if not self.active:
             return
         try:
-            getattr(self.client, method)(*args, **kwargs)
+            with store_lock(self.uri):
+                getattr(self.client, method)(*args, **kwargs)
         except Exception as error:
             warnings.warn(f"MLflow {method} failed ({type(error).__name__}: {error}); tracking stops for run "
                           f"{self.run_id}, the metrics table keeps everything", stacklevel=3)
@@ -126,8 +151,6 @@ class Tracker:
             return
         timestamp = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), timestamp, step) for k, v in metrics.items())
-        if len(self._buffer) >= FLUSH_EVERY:
-            self.flush()
 
     def flush(self) -> None:
         while self._buffer and self.active:

@@ -161,7 +161,7 @@ def test_a_sweep_value_that_breaks_the_spec_is_reported(tmp_path):
 
 def test_flops_budget_sets_steps_per_size(tmp_path):
     from specreach import Engine
-    from specreach.engine.member import build_data, total_steps
+    from specreach.engine.training import build_data, total_steps
     from specreach.models.parameterization import build_model
 
     spec = load_spec(write_spec(tmp_path), ["train.steps=null", "train.flops=1.0e+9"])

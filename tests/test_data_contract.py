@@ -243,4 +243,4 @@ def test_builtins_register_through_the_hook():
     registered = PluginManager(load_entry_points=False).datasets()
     names = {"powerlaw-teacher", "cifar5m", "simplestories", "text-file", "pydoc-text", "digits"}
     assert names <= set(registered)
-    assert {registered[name].source for name in names} == {"specreach.data.builtin"}
+    assert {registered[name].source for name in names} == {"specreach.builtins"}

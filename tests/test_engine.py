@@ -15,6 +15,7 @@ import torch
 
 from engine_helpers import TINY_SPEC, write_spec
 from specreach import Engine, LNPMonitor, load_spec
+from specreach.engine import MlflowSink, MonitorConfig, TableSink
 from specreach.engine.metrics_table import read_table
 from specreach.engine.tasks import token_cross_entropy
 from specreach.tracking import metric_history, read_runs
@@ -203,8 +204,9 @@ def test_monitor_in_a_users_own_training_loop(tmp_path):
     model = Llama(LlamaConfig(vocab=256, layers=1, hidden=8, ff=16, heads=2, context=16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     uri = f"sqlite:///{tmp_path / 'mine.db'}"
-    monitor = LNPMonitor(model, token_cross_entropy, data.validation_pool(), total_steps=10, schedule=[0, 4, 9],
-                         probes=2, tracking_uri=uri, experiment="mine", run_name="loop", table=tmp_path / "m.csv")
+    monitor = LNPMonitor(model, token_cross_entropy, data.validation_pool(),
+                         MonitorConfig(total_steps=10, schedule=[0, 4, 9], probes=2),
+                         sink=[TableSink(tmp_path / "m.csv"), MlflowSink.start(uri, experiment="mine", run_name="loop")])
     for step, (x, y) in enumerate(data.train_batches(4, data_seed=0)):
         if step == 10:
             break
@@ -225,7 +227,7 @@ def test_monitor_in_a_users_own_training_loop(tmp_path):
 
 def test_linear_probe_phase_probes_trained_and_random_backbones(tmp_path):
     spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "model.sizes={s: {hidden: 8, ff: 16}}",
-                                            "probe={steps: 6}"])
+                                            "probe={steps: 8}"])
     results = {r.name: r for r in Engine(spec).run()}
     assert list(results) == ["s-seed0", "s-seed0-probe-trained", "s-seed0-probe-random"]
     assert all(r.status == "FINISHED" for r in results.values())
@@ -236,10 +238,10 @@ def test_linear_probe_phase_probes_trained_and_random_backbones(tmp_path):
         assert run["tags"]["phase"] == f"probe-{phase}"
         assert int(run["tags"]["trainable_parameters"]) == head
         table = results[f"s-seed0-probe-{phase}"].metrics
-        assert len(table["loss"].dropna()) == 6
+        assert len(table["loss"].dropna()) == 8
         assert set(c.split("/")[1] for c in table.columns if c.startswith("network_magnitude/")) == {"head"}
     # The trained probe's backbone is the trained run's final model; the random one, the same recipe at init.
-    from specreach.engine.member import build_network
+    from specreach.engine.training import build_network
     from specreach.models.parameterization import build_model, load_model
 
     probe_runs = {r.name: r for r in Engine(spec).runs()}
@@ -257,24 +259,26 @@ def test_a_run_spec_is_picklable_and_runs_in_another_process(tmp_path):
     import multiprocessing
     import pickle
 
-    from specreach.engine import run_member
+    from specreach.engine import run_session
 
     spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "tracking={enabled: false}",
                                             "model.sizes={s: {hidden: 8, ff: 16}}"])
     (run,) = Engine(spec).runs()
     assert pickle.loads(pickle.dumps(run)) == run
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        result = pool.apply(run_member, (run,))
+        result = pool.apply(run_session, (run,))
     assert result.status == "FINISHED" and result.output_dir == run.output_dir
     assert measured_steps(read_table(result.metrics_path)) == [0, 1, 2, 3, 4, 10, 11]
 
 
 def test_threads_apply_to_the_run_only(tmp_path, monkeypatch):
-    from specreach.engine import member
+    from specreach.engine import session
 
     seen = []
-    monkeypatch.setattr(member, "_run_member", lambda run, stop: seen.append(torch.get_num_threads()) or "done")
+    monkeypatch.setattr(session.RunSession, "run", lambda self: seen.append(torch.get_num_threads()) or "done")
     spec = load_spec(write_spec(tmp_path), [f"output={tmp_path / 'out'}", "train.threads=1"])
     before = torch.get_num_threads()
-    assert member.run_member(Engine(spec).runs()[0]) == "done"
-    assert seen == [1] and torch.get_num_threads() == before
+    assert session.run_session(Engine(spec).runs()[0]) == "done"
+    assert session.run_session(Engine(spec).runs()[0].model_copy(update={"train": spec.train.model_copy(
+        update={"threads": None})}), threads=1) == "done"  # an executor's share of the cores
+    assert seen == [1, 1] and torch.get_num_threads() == before

@@ -17,7 +17,7 @@ def test_builtins_register_through_the_hook():
     registered = manager.estimators()
     assert {"exact", "hutchinson", "entk"} <= set(registered)
     assert {r.source for name, r in registered.items() if name in ("exact", "hutchinson", "entk")} == {
-        "specreach.lnp.builtin"
+        "specreach.builtins"
     }
 
 
@@ -61,7 +61,7 @@ def test_duplicate_name_names_both_plugins():
     try:
         manager.estimators()
     except DuplicateComponentError as error:
-        assert "specreach.lnp.builtin" in str(error) and "my_plugin" in str(error)
+        assert "specreach.builtins" in str(error) and "my_plugin" in str(error)
 
 
 def test_runtime_registered_estimator_runs_through_measure_lnp(float64):

@@ -28,16 +28,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, check_batch_request
 from specreach.data.npz_arrays import NpzMember, npz_array, npz_member
+from specreach.params.data import Cifar5mParams
 
 IMAGE_SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -52,30 +52,6 @@ HOW_TO_GET = (
 
 def part_file(directory: Path, part: int) -> Path:
     return directory / f"cifar5m_part{part}.npz"
-
-
-class Cifar5mParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    directory: Path = Field(description="Folder holding cifar5m_part{0..5}.npz.")
-    task: Literal["classification", "next-pixel"] = Field(
-        "classification", description="classification: RGB images → 10 classes; next-pixel: grayscale pixel tokens."
-    )
-    train_parts: tuple[int, ...] = Field(
-        (0, 1, 2, 3, 4, 5), min_length=1, description="Part numbers read for training, in this order."
-    )
-    validation_part: int = Field(5, ge=0, description="Part whose last validation_size images are the validation pool.")
-    validation_size: int = Field(10_000, ge=1, description="Images in the validation pool.")
-    max_train_samples: int | None = Field(
-        None, ge=1, description="Cap the training set to its first this many images (in part order); None: all."
-    )
-
-    @field_validator("train_parts")
-    @classmethod
-    def _distinct_parts(cls, parts: tuple[int, ...]) -> tuple[int, ...]:
-        if len(set(parts)) != len(parts) or min(parts) < 0:
-            raise ValueError(f"train_parts must be distinct non-negative part numbers, got {parts}")
-        return parts
 
 
 class Cifar5m(DataSource):

@@ -13,27 +13,16 @@ that runs on a CPU.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, shuffled_order
+from specreach.params.data import DIGITS_SAMPLES, DigitsParams
 
-DIGITS_SAMPLES = 1797  # images in sklearn's copy of the UCI optical digits
 PIXEL_MAX = 16.0
-
-
-class DigitsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    validation_size: int = Field(
-        297, ge=1, lt=DIGITS_SAMPLES, description="Images held out as the validation pool (the last ones)."
-    )
-    task: Literal["classification", "next-pixel"] = Field(
-        "classification", description="Classify the digit, or predict each pixel level (0-16) from the ones before.")
 
 
 class Digits(DataSource):

@@ -28,28 +28,15 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, shuffled_order
 from specreach.models.random_features import feature_matrix, relu_features
+from specreach.params.data import PowerlawTeacherParams
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1
 LABEL_CHUNK = 4096  # rows per feature evaluation: bounds memory at LABEL_CHUNK × M floats
-
-
-class PowerlawTeacherParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    alpha: float = Field(1.5, gt=0, description="Spectral decay exponent α: input variances λ_k ∝ k^(−α).")
-    inputs: int = Field(256, ge=1, description="Input dimension D.")
-    features: int = Field(1024, ge=1, description="Number of random features M (the teacher's and student's width).")
-    feature_seed: int = Field(0, ge=0, description="Seed of the frozen feature matrix W; use the student model's seed.")
-    teacher_seed: int = Field(1, ge=0, description="Seed of the teacher's readout coefficients a* ~ N(0, 1).")
-    sample_seed: int = Field(2, ge=0, description="Seed of the input draws (training set and validation pool).")
-    train_size: int = Field(1024, ge=2, description="Samples in the finite training set (one epoch).")
-    validation_size: int = Field(1024, ge=1, description="Samples in the validation pool.")
 
 
 def powerlaw_spectrum(inputs: int, alpha: float) -> Tensor:

@@ -33,37 +33,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, shuffled_order
 from specreach.data.token_windows import TokenWindows, held_out_tokens, token_dtype
+from specreach.params.data import SimpleStoriesParams
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl")
 TEXT_COLUMNS = ("story", "text")
 END_OF_TEXT_TOKENS = ("[EOS]", "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
 TOKENIZER_FILE = "tokenizer.json"
 ENCODE_CHUNK = 4096  # stories per encode_batch call: parallel encoding, bounded memory
-
-
-class SimpleStoriesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    directory: Path = Field(description="Local copy: the dataset's data files and tokenizer.json.")
-    files: str = Field(
-        "*train*", min_length=1, description="Pattern (fnmatch) on data-file paths relative to directory."
-    )
-    column: str | None = Field(None, min_length=1, description="Text column; None: 'story', else 'text'.")
-    context: int = Field(512, ge=1, description="Tokens per input sequence T; a window holds T + 1.")
-    validation_size: int = Field(
-        256, ge=1, description="Windows in the validation pool (from the corpus's last stories)."
-    )
-    max_stories: int | None = Field(None, ge=1, description="Train on the first this many stories only; None: all.")
-    download: bool = Field(False, description="Download missing files from the Hugging Face Hub (only when true).")
-    dataset_repo: str = Field("SimpleStories/SimpleStories", description="Hub dataset repository, for download.")
-    tokenizer_repo: str = Field(
-        "SimpleStories/SimpleStories-35M", description="Hub model repository holding tokenizer.json, for download."
-    )
 
 
 def how_to_get(params: SimpleStoriesParams) -> str:

@@ -17,22 +17,20 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import pydoc_data.topics
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from specreach.data.base import Batch, DataInfo, DataSource
 from specreach.data.batching import batches_in_order, shuffled_order
 from specreach.data.bpe import train_holding_out_tail
 from specreach.data.token_windows import TokenWindows, held_out_tokens, split_tail
+from specreach.params.data import BYTE_VOCAB, PydocTextParams, TextFileParams
 
-BYTE_VOCAB = 256
 DOCUMENT_SEPARATOR = "\n\n"
-DEFAULT_BPE_VOCAB = 1024
 
 
 def pydoc_text() -> str:
@@ -47,15 +45,6 @@ def pydoc_bytes() -> Tensor:
 
 def window_batches(windows: TokenWindows, batch_size: int, data_seed: int, start: int) -> Iterator[Batch]:
     return batches_in_order(shuffled_order(windows.count, data_seed), batch_size, start, windows.batch)
-
-
-class PydocTextParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    context: int = Field(64, ge=1, description="Tokens (bytes) per input sequence T; a window holds T + 1.")
-    validation_size: int = Field(
-        64, ge=1, description="Windows held out from the end of the text as the validation pool."
-    )
 
 
 class PydocText(DataSource):
@@ -78,29 +67,6 @@ class PydocText(DataSource):
 
     def train_batches(self, batch_size: int, data_seed: int, start: int = 0) -> Iterator[Batch]:
         return window_batches(self._windows[0], batch_size, data_seed, start)
-
-
-class TextFileParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: Path = Field(description="A text file, or a folder whose .txt files are read in name order.")
-    tokenizer: Literal["bytes", "bpe"] = Field(
-        "bytes", description="bytes: raw bytes as tokens (vocab 256); bpe: byte-level BPE trained on the training text."
-    )
-    vocab_size: int = Field(
-        DEFAULT_BPE_VOCAB, ge=BYTE_VOCAB, le=1 << 16,
-        description="Vocabulary of the BPE tokenizer (tokenizer: bpe only).",
-    )
-    context: int = Field(128, ge=1, description="Tokens per input sequence T; a window holds T + 1.")
-    validation_size: int = Field(
-        64, ge=1, description="Windows held out from the end of the text as the validation pool."
-    )
-
-    @model_validator(mode="after")
-    def _vocab_size_needs_bpe(self) -> TextFileParams:
-        if self.tokenizer == "bytes" and "vocab_size" in self.model_fields_set:
-            raise ValueError("vocab_size applies to tokenizer: bpe only (byte tokens have a vocabulary of 256)")
-        return self
 
 
 def text_files(path: Path) -> list[Path]:

@@ -1,8 +1,22 @@
-"""The run: training loop with scheduled measurement, sweeps, checkpoints, tracking."""
+"""The run: executors, the run session (training loop with scheduled measurement, checkpoints),
+the monitor and the sinks that record it all."""
 
-from specreach.engine.engine import Engine, RunResult
-from specreach.engine.member import MemberResult, run_member
-from specreach.engine.monitor import LNPMonitor
-from specreach.engine.runs import RunSpec, expand
+__all__ = ["Engine", "Executor", "LNPMonitor", "MlflowSink", "MonitorConfig", "RunResult", "RunSpec", "Sink",
+           "Sinks", "TableSink", "expand", "run_session"]
 
-__all__ = ["Engine", "LNPMonitor", "MemberResult", "RunResult", "RunSpec", "expand", "run_member"]
+# Imported on first use: the spec layer reaches specreach.engine.runs and .executors without torch.
+_LAZY = {
+    "Engine": "specreach.engine.engine", "Executor": "specreach.engine.executors",
+    "LNPMonitor": "specreach.engine.monitor", "MonitorConfig": "specreach.engine.monitor",
+    "RunResult": "specreach.engine.runs", "RunSpec": "specreach.engine.runs", "expand": "specreach.engine.runs",
+    "Sink": "specreach.engine.sinks", "Sinks": "specreach.engine.sinks", "TableSink": "specreach.engine.sinks",
+    "MlflowSink": "specreach.engine.sinks", "run_session": "specreach.engine.session",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'specreach.engine' has no attribute {name!r}")

@@ -6,9 +6,12 @@
     results = Engine(load_spec("specs/quickstart.yaml")).run()
     results[0].metrics          # the run's metrics table (pandas DataFrame)
 
+The spec expands to runs; its ``execution`` section picks the executor that runs them (here,
+in worker processes, on a Ray cluster, or a plugin's); runs already done are skipped.
+
 Output layout, under ``<output>/<spec name>/``: ``spec.yaml`` (the resolved spec),
 ``engine.json`` (the parent MLflow run), ``mlflow.db`` and ``mlartifacts/`` (the default local
-tracking store), ``runs/<run>/`` (metrics.csv, checkpoints, status.json) and ``plots/``.
+tracking store), ``runs/<run>/`` (see :mod:`specreach.engine.run_folder`) and ``plots/``.
 """
 
 from __future__ import annotations
@@ -18,34 +21,17 @@ import signal
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
-from specreach.engine.member import read_status, run_member
-from specreach.engine.metrics_table import read_table
-from specreach.engine.runs import RunSpec, TrackingTarget, expand
+from specreach.engine.executors import Executor
+from specreach.engine.run_folder import RunFolder
+from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, expand
+from specreach.plugins import get_plugin_manager
 from specreach.spec import Spec
 from specreach.tracking import Tracker, flatten, local_tracking_uri
-
-
-@dataclass
-class RunResult:
-    """One run's outcome: status, MLflow run id, output paths and its metrics table."""
-
-    name: str
-    status: str
-    run_id: str | None
-    output_dir: Path
-    metrics_path: Path
-    message: str
-
-    @property
-    def metrics(self):
-        import pandas as pd
-
-        return pd.DataFrame(read_table(self.metrics_path)) if self.metrics_path.exists() else pd.DataFrame()
 
 
 class Engine:
@@ -56,13 +42,23 @@ class Engine:
         self._stop = threading.Event()
 
     @classmethod
-    def resume(cls, directory: str | Path, *, tracking_uri: str | None = None) -> "Engine":
-        """Continue the runs of an interrupted engine from its output directory."""
+    def resume(cls, directory: str | Path, *, tracking_uri: str | None = None,
+               overrides: Sequence[str] = ()) -> "Engine":
+        """Continue the runs of an interrupted engine from its output directory.
+
+        ``overrides`` may change how the runs execute (``execution.…``), never what they compute.
+        """
+        from specreach.config import load_spec
+
         directory = Path(directory)
         spec_path = directory / "spec.yaml"
         if not spec_path.is_file():
             raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
-        spec = Spec.model_validate(yaml.safe_load(spec_path.read_text()))
+        changed = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("execution")]
+        if changed:
+            raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
+                             f"not {', '.join(changed)}")
+        spec = load_spec(spec_path, overrides) if overrides else Spec.model_validate(yaml.safe_load(spec_path.read_text()))
         state = json.loads((directory / "engine.json").read_text()) if (directory / "engine.json").exists() else {}
         return cls(spec, output=directory.parent, tracking_uri=tracking_uri or state.get("tracking_uri"))
 
@@ -74,8 +70,12 @@ class Engine:
         )
         return expand(self.spec, self.root, target)
 
+    def executor(self) -> Executor:
+        execution = self.spec.execution
+        return get_plugin_manager().executors()[execution.kind].component(**execution.params)
+
     def stop(self) -> None:
-        """Ask the running run to stop at the next step boundary (what SIGINT/SIGTERM do)."""
+        """Ask the runs to stop at the next step boundary (what SIGINT/SIGTERM do)."""
         self._stop.set()
 
     def run(self) -> list[RunResult]:
@@ -83,20 +83,17 @@ class Engine:
         resolved = self.root / "spec.yaml"
         resolved.write_text(yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False))
         parent = self._parent_tracker()
-        results: list[RunResult] = []
+        runs = self.runs(parent.run_id)
+        done = {run.name: result for run in runs if (result := RunFolder(run.output_dir).result(run.name))}
+        executor = self.executor()
         with self._signals_stop():
-            for run in self.runs(parent.run_id):
-                done = read_status(run.output_dir)
-                if done.get("status") in ("FINISHED", "FAILED"):
-                    results.append(self._result(run, done.get("status"), done.get("run_id"), done.get("message", "")))
-                    continue
-                if self._stop.is_set():
-                    break
-                member = run_member(run, should_stop=self._stop.is_set)
-                results.append(self._result(run, member.status, member.run_id, member.message))
-                if member.status == "FAILED":
-                    warnings.warn(f"run {run.name} failed: {member.message}", stacklevel=2)
-        interrupted = self._stop.is_set() or any(r.status == "KILLED" for r in results)
+            ran = {result.name: result for result in
+                   executor.run([run for run in runs if run.name not in done], self._stop, done)}
+        results = [done.get(run.name) or ran[run.name] for run in runs if run.name in done or run.name in ran]
+        for result in results:
+            if result.name in ran and result.status == "FAILED":
+                warnings.warn(f"run {result.name} failed: {result.message}", stacklevel=2)
+        interrupted = self._stop.is_set() or any(r.status == "KILLED" for r in results) or len(results) < len(runs)
         plots = self._plots(results)
         parent.log_artifact(resolved)
         for path in plots:
@@ -105,10 +102,6 @@ class Engine:
         parent.finish("KILLED" if interrupted else "FAILED" if failed and len(failed) == len(results) else "FINISHED",
                       f"failed runs: {', '.join(failed)}" if failed else None)
         return results
-
-    @staticmethod
-    def _result(run: RunSpec, status: str, run_id: str | None, message: str) -> RunResult:
-        return RunResult(run.name, status, run_id, run.output_dir, run.output_dir / "metrics.csv", message)
 
     def _parent_tracker(self) -> Tracker:
         state_path = self.root / "engine.json"
@@ -119,7 +112,8 @@ class Engine:
             self.tracking_uri, self.spec.tracking.experiment or self.spec.name,
             self.spec.tracking.run_name or self.spec.name, artifact_root=self.root / "mlartifacts",
             tags={"specreach.spec": self.spec.name}, params=None if state.get("parent_run_id") else
-            flatten(self.spec.model_dump(mode="json")), resume_run_id=state.get("parent_run_id"),
+            flatten(self.spec.model_dump(mode="json", exclude={"execution"})),
+            resume_run_id=state.get("parent_run_id"),
         )
         state_path.write_text(json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": self.tracking_uri}))
         return tracker

@@ -2,8 +2,10 @@
 
 ::
 
-    monitor = LNPMonitor(model, loss_fn, validation_pool=(x_val, y_val), total_steps=1000,
-                         tracking_uri="sqlite:///mlflow.db", experiment="mine")
+    from specreach.engine import LNPMonitor, MonitorConfig, MlflowSink, TableSink
+
+    monitor = LNPMonitor(model, loss_fn, (x_val, y_val), MonitorConfig(total_steps=1000, probes=8),
+                         sink=[TableSink("metrics.csv"), MlflowSink.start("sqlite:///mlflow.db", "mine")])
     for step, (x, y) in enumerate(loader):
         optimizer.zero_grad()
         logits = model(x)
@@ -15,70 +17,68 @@
     monitor.close()
 
 Every step records the training loss; scheduled steps add every LNP component (raw and
-normalized), the window (and, for explicit-kernel estimators, the spectrum in ``spectra_dir``), the loss on B before and after the update and the change
-ΔL_B, with the SGD-linear prediction −lr·D beside it (with Adam the update is preconditioned,
-so ΔL_B − (−lr·D) mixes the non-linear remainder with the preconditioning).
+normalized), the window (and, for explicit-kernel estimators, the spectrum in ``spectra_dir``),
+the loss on B before and after the update and the change ΔL_B, with the SGD-linear prediction
+−lr·D beside it (with Adam the update is preconditioned, so ΔL_B − (−lr·D) mixes the non-linear
+remainder with the preconditioning). Rows go to the monitor's sink.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from specreach.engine.metrics_table import MetricsTable
 from specreach.engine.schedule import measurement_steps
+from specreach.engine.sinks import Sink, as_sink
 from specreach.lnp.measure import measure_lnp_at_step
 from specreach.lnp.result import LNPResult
 from specreach.spec import LogWindows
-from specreach.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """What to measure and when: everything the monitor needs besides the model, loss and data."""
+
+    total_steps: int
+    schedule: Any = None  # a spec's measure.schedule (windows, or a list of steps); None: default log windows
+    estimator: str = "hutchinson"
+    probes: int | None = None
+    estimator_options: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None  # measurement batch B (default: the training batch's size)
+    cross_batch: bool = True  # B drawn from the validation pool; False: B = A
+    # A is the validation pool's first batch_size samples at every measured step instead of the
+    # training batch: the same inputs throughout training (the paper's Figure 12).
+    fixed_batch: bool = False
+    seed: int = 0  # seeds the probe and batch-B generators (never the global RNG)
+    enabled: bool = True
+    # Whether the training step's gradient and outputs are those of the measured function (fp32,
+    # same weights). Under mixed precision they are not, and the measurement recomputes them.
+    reuse_step_gradient: bool = True
+    spectra_dir: Path | None = None  # explicit-kernel estimators: where to keep each step's spectrum
 
 
 class LNPMonitor:
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn,
-        validation_pool: tuple[Tensor, Tensor] | None,
-        *,
-        total_steps: int,
-        schedule: LogWindows | list[int] | None = None,
-        estimator: str = "hutchinson",
-        probes: int | None = None,
-        estimator_options: dict[str, Any] | None = None,
-        batch_size: int | None = None,
-        cross_batch: bool = True,
-        seed: int = 0,
-        tracker: Tracker | None = None,
-        table: MetricsTable | str | Path | None = None,
-        tracking_uri: str | None = None,
-        experiment: str = "specreach",
-        run_name: str = "monitor",
-        spectra_dir: str | Path | None = None,
-    ):
-        if cross_batch and validation_pool is None:
+    def __init__(self, model: nn.Module, loss_fn, validation_pool: tuple[Tensor, Tensor] | None,
+                 config: MonitorConfig, sink: Sink | Iterable[Sink] | None = None):
+        if config.cross_batch and validation_pool is None:
             raise ValueError("cross-batch measurement draws B from a validation pool; pass validation_pool "
-                             "(inputs, targets) or cross_batch=False")
-        self.model, self.loss_fn = model, loss_fn
-        self.pool = validation_pool
-        self.schedule = measurement_steps(schedule if schedule is not None else LogWindows(), total_steps)
-        self.estimator, self.probes, self.options = estimator, probes, dict(estimator_options or {})
-        self.batch_size = batch_size
-        self.cross_batch = cross_batch
-        self.probe_generator = torch.Generator().manual_seed(seed)
-        self.pool_generator = torch.Generator().manual_seed(seed + 1)
-        if tracker is None and tracking_uri is not None:
-            tracker = Tracker.start(tracking_uri, experiment, run_name)
-        self.tracker = tracker or Tracker.disabled()
-        self.table = MetricsTable(Path(table)) if isinstance(table, (str, Path)) else table
-        self.spectra_dir = Path(spectra_dir) if spectra_dir is not None else None
+                             "(inputs, targets) or MonitorConfig(cross_batch=False)")
+        if config.fixed_batch and validation_pool is None:
+            raise ValueError("fixed-batch measurement takes A from a validation pool; pass validation_pool")
+        self.model, self.loss_fn, self.pool, self.config = model, loss_fn, validation_pool, config
+        schedule = config.schedule if config.schedule is not None else LogWindows()
+        self.schedule = measurement_steps(schedule, config.total_steps) if config.enabled else {}
+        self.batch_size = config.batch_size
+        self.sink = as_sink(sink)
+        self.probe_generator = torch.Generator().manual_seed(config.seed)
+        self.pool_generator = torch.Generator().manual_seed(config.seed + 1)
         self.last_result: LNPResult | None = None
         self._pending: dict[str, Any] | None = None
         self._batch_b: tuple[Tensor, Tensor] | None = None
-        self._lr: float | None = None
 
     def should_measure(self, step: int) -> bool:
         return step in self.schedule
@@ -90,6 +90,12 @@ class LNPMonitor:
         device = next(self.model.parameters()).device
         return inputs[index].to(device), targets[index].to(device)
 
+    def fixed_batch(self) -> tuple[Tensor, Tensor]:
+        inputs, targets = self.pool
+        count = self.batch_size or inputs.shape[0]
+        device = next(self.model.parameters()).device
+        return inputs[:count].to(device), targets[:count].to(device)
+
     def step(self, step: int, batch: tuple[Tensor, Tensor], loss: Tensor | float, outputs: Tensor | None = None,
              lr: float | None = None) -> LNPResult | None:
         """Call after ``loss.backward()`` and before the optimizer step."""
@@ -97,22 +103,25 @@ class LNPMonitor:
         row: dict[str, Any] = {"step": step, "loss": loss.item() if isinstance(loss, Tensor) else float(loss)}
         if lr is not None:
             row["lr"] = lr
-        self._lr = lr
         result = None
         if self.should_measure(step):
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            grads = [p.grad for p in params]
-            self._batch_b = self.draw_batch_b(self.batch_size or batch[0].shape[0]) if self.cross_batch else None
+            config = self.config
+            grads = [p.grad for p in self.model.parameters() if p.requires_grad]
+            reuse = config.reuse_step_gradient and outputs is not None and not any(g is None for g in grads)
+            if config.fixed_batch:  # the step's gradient and outputs are of another batch
+                batch, reuse = self.fixed_batch(), False
+            self._batch_b = self.draw_batch_b(self.batch_size or batch[0].shape[0]) if config.cross_batch else None
             result = measure_lnp_at_step(
                 self.model, self.loss_fn, batch, self._batch_b,
-                grad_a=None if any(g is None for g in grads) else grads, outputs_a=outputs,
-                estimator=self.estimator, probes=self.probes, generator=self.probe_generator, **self.options,
+                grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
+                estimator=config.estimator, probes=config.probes, generator=self.probe_generator,
+                **dict(config.estimator_options),
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())
-            if result.eigenvalues is not None and self.spectra_dir is not None:
+            if result.eigenvalues is not None and config.spectra_dir is not None:
                 self._save_spectrum(step, result)
-            if lr is not None:
+            if lr is not None and not config.fixed_batch:
                 row["delta_loss_b_sgd_linear"] = -lr * result.grad_dot
         self._pending = row
         return result
@@ -121,8 +130,9 @@ class LNPMonitor:
         """Explicit-kernel estimators give the eNTK spectrum and projections: keep them per step."""
         import numpy as np
 
-        self.spectra_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(self.spectra_dir / f"step{step:07d}.npz", eigenvalues=np.array(result.eigenvalues),
+        spectra = Path(self.config.spectra_dir)
+        spectra.mkdir(parents=True, exist_ok=True)
+        np.savez(spectra / f"step{step:07d}.npz", eigenvalues=np.array(result.eigenvalues),
                  projections=np.array(result.projections), step=step)
 
     def after_update(self) -> None:
@@ -140,18 +150,12 @@ class LNPMonitor:
     def record(self, step: int, metrics: dict[str, float]) -> None:
         """Record extra metrics (e.g. an evaluation loss) at ``step``."""
         self._write_pending()
-        self._write({"step": step, **metrics})
+        self.sink.write({"step": step, **metrics})
 
     def _write_pending(self) -> None:
         if self._pending is not None:
             row, self._pending = self._pending, None
-            self._write(row)
-
-    def _write(self, row: dict[str, Any]) -> None:
-        if self.table is not None:
-            self.table.append(row)
-        metrics = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
-        self.tracker.log_metrics(row["step"], metrics)
+            self.sink.write(row)
 
     def state_dict(self) -> dict[str, Any]:
         return {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
@@ -161,10 +165,10 @@ class LNPMonitor:
         self.pool_generator.set_state(state["pool_generator"])
 
     def flush(self) -> None:
-        """Write the pending row and send buffered metrics (before a checkpoint, at the end)."""
+        """Write the pending row and make everything recorded durable (before a checkpoint, at the end)."""
         self._write_pending()
-        self.tracker.flush()
+        self.sink.flush()
 
-    def close(self, status: str = "FINISHED", message: str | None = None) -> None:
-        self._write_pending()
-        self.tracker.finish(status, message)
+    def close(self, status: str = "FINISHED", message: str = "") -> None:
+        self.flush()
+        self.sink.status(status, message)

@@ -1,20 +1,25 @@
 """A spec expands to runs: one per combination of its swept values (sizes × seeds), plus the
-linear-probe runs that follow each trained one. A :class:`RunSpec` is everything one run needs,
-self-contained and picklable, so a launcher can hand it to another process or machine."""
+linear-probe runs that follow each trained one.
+
+A :class:`RunSpec` is everything one run needs, self-contained and picklable, so an executor can
+hand it to another process or machine; ``needs`` names the runs whose outputs it reads (a probe
+of a trained backbone needs that training run), so any executor can order them. A
+:class:`RunResult` is what comes back. This module imports no torch.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from specreach.models.parameterization import ModelRecipe, Parameterization
-from typing import Any
-
+from specreach.params.models import ModelRecipe, Parameterization
 from specreach.spec import DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, with_values
 
 Phase = Literal["train", "probe-trained", "probe-random"]
+Status = Literal["FINISHED", "FAILED", "KILLED"]
 
 
 class TrackingTarget(BaseModel):
@@ -24,6 +29,11 @@ class TrackingTarget(BaseModel):
     experiment: str
     artifact_root: Path
     parent_run_id: str | None = None
+
+    @classmethod
+    def off(cls) -> "TrackingTarget":
+        """No tracking (runs listed, not run)."""
+        return cls(enabled=False, uri="", experiment="", artifact_root=Path("."))
 
 
 class RunSpec(BaseModel):
@@ -41,6 +51,37 @@ class RunSpec(BaseModel):
     tracking: TrackingTarget
     backbone_checkpoint: Path | None = None  # probe-trained: the trained run's final checkpoint
     sweep: dict[str, Any] = {}  # this run's values of the spec's swept keys
+    needs: tuple[str, ...] = ()  # runs of the same spec that must finish before this one starts
+
+
+@dataclass
+class RunResult:
+    """One run's outcome: its status, MLflow run id, output folder and final numbers.
+
+    ``crashed`` marks a run whose process died (not the run's own failure): resuming runs it
+    again from its last checkpoint.
+    """
+
+    name: str
+    status: Status
+    run_id: str | None
+    output_dir: Path
+    message: str = ""
+    final: dict[str, float] = field(default_factory=dict)
+    crashed: bool = False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.csv"
+
+    @property
+    def metrics(self):
+        """The run's metrics table as a pandas DataFrame (empty when nothing was recorded)."""
+        import pandas as pd
+
+        from specreach.engine.metrics_table import read_table
+
+        return pd.DataFrame(read_table(self.metrics_path)) if self.metrics_path.exists() else pd.DataFrame()
 
 
 def sweep_label(assignments: dict) -> str:
@@ -57,14 +98,14 @@ def expand(spec: Spec, root: Path, tracking: TrackingTarget) -> list[RunSpec]:
             seeded = with_values(swept, {key: seed + offset for key, offset in swept.train.seed_params.items()},
                                  what="train.seed_params")
             for size, kind, params, preset_parameterization, preset_lr in seeded.model.members():
-                runs.extend(_runs_of_member(seeded, root, tracking, f"{prefix}{size}-seed{seed}", size, seed, kind,
-                                            params, preset_parameterization, preset_lr, assignments))
+                runs.extend(_runs_of_size(seeded, root, tracking, f"{prefix}{size}-seed{seed}", size, seed, kind,
+                                          params, preset_parameterization, preset_lr, assignments))
     return runs
 
 
-def _runs_of_member(spec: Spec, root: Path, tracking: TrackingTarget, name: str, size: str, seed: int, kind: str,
-                    params: dict, preset_parameterization: dict | None, preset_lr: float | None,
-                    sweep: dict) -> list[RunSpec]:
+def _runs_of_size(spec: Spec, root: Path, tracking: TrackingTarget, name: str, size: str, seed: int, kind: str,
+                  params: dict, preset_parameterization: dict | None, preset_lr: float | None,
+                  sweep: dict) -> list[RunSpec]:
     parameterization = spec.parameterization
     if preset_parameterization is not None and preset_parameterization.get("kind") == "mup" \
             and spec.parameterization.kind == "standard":
@@ -87,10 +128,12 @@ def _runs_of_member(spec: Spec, root: Path, tracking: TrackingTarget, name: str,
                                                                                       "flops": None})
         for backbone in spec.probe.backbones:
             probe_name = f"{name}-probe-{backbone}"
-            checkpoint = spec.probe.checkpoint or (base.output_dir / "final.pt")
+            reads_trained_run = backbone == "trained" and spec.probe.checkpoint is None
             runs.append(base.model_copy(update={
                 "name": probe_name, "phase": f"probe-{backbone}", "train": probe_train,
                 "output_dir": root / "runs" / probe_name,
-                "backbone_checkpoint": checkpoint if backbone == "trained" else None,
+                "backbone_checkpoint": (spec.probe.checkpoint or base.output_dir / "final.pt")
+                if backbone == "trained" else None,
+                "needs": (name,) if reads_trained_run else (),
             }))
     return runs

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from specreach.models.base import ModelBuilder, mup_readout_from, scaled_dimension
 from specreach.models.llama import Llama, LlamaConfig
 from specreach.models.random_features import RandomFeatureModel
 from specreach.models.vit import build_vit
-
-
-class LlamaParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    vocab: int = Field(ge=2, description="Vocabulary size (tokens).")
-    layers: int = Field(ge=1, description="Transformer blocks.")
-    hidden: int = Field(ge=1, description="Residual-stream width; the muP width.")
-    ff: int = Field(ge=1, description="SwiGLU feed-forward dimension.")
-    heads: int = Field(ge=1, description="Attention heads; head_dim = hidden // heads.")
-    context: int = Field(ge=1, description="Longest sequence the rotary tables cover.")
-
-    @model_validator(mode="after")
-    def _heads_fit(self):
-        if self.hidden < self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be at least heads ({self.heads})")
-        return self
+from specreach.params.models import LlamaParams, RandomFeaturesParams, ViTParams
 
 
 class LlamaBuilder(ModelBuilder):
@@ -56,26 +40,6 @@ class LlamaBuilder(ModelBuilder):
         return params.hidden
 
 
-class ViTParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    image_size: int = Field(32, ge=1, description="Image side in pixels.")
-    channels: int = Field(3, ge=1, description="Input channels.")
-    patch: int = Field(4, ge=1, description="Patch side in pixels.")
-    hidden: int = Field(ge=1, description="Embedding width; the muP width.")
-    mlp: int = Field(ge=1, description="MLP dimension of each block.")
-    heads: int = Field(ge=1, description="Attention heads (hidden must be divisible by heads).")
-    layers: int = Field(ge=1, description="Transformer blocks.")
-    classes: int = Field(10, ge=1, description="Output classes.")
-
-    @model_validator(mode="after")
-    def _shapes_fit(self):
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.image_size % self.patch:
-            raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")
-        return self
-
-
 class ViTBuilder(ModelBuilder):
     name = "vit"
     Params = ViTParams
@@ -96,13 +60,6 @@ class ViTBuilder(ModelBuilder):
 
     def representation_size(self, params: ViTParams) -> int:
         return params.hidden
-
-
-class RandomFeaturesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    inputs: int = Field(ge=1, description="Input dimension D.")
-    features: int = Field(ge=1, description="Frozen random features M.")
-    feature_seed: int = Field(0, description="Seed of the frozen first layer W (shared with the teacher).")
 
 
 class RandomFeaturesBuilder(ModelBuilder):

@@ -14,39 +14,16 @@ rebuilds the model (shapes included) before loading the weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import mup
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 from torch import nn
 
 from specreach.models.base import ModelBuilder
+from specreach.params.models import ModelRecipe, Parameterization
 from specreach.plugins import get_plugin_manager
-
-class Parameterization(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["standard", "mup"] = Field("standard", description="'standard' or 'mup'.")
-    base_width: int | None = Field(None, ge=1, description="muP: the width at which muP equals standard.")
-
-    @model_validator(mode="after")
-    def _base_width_for_mup(self):
-        if self.kind == "mup" and self.base_width is None:
-            raise ValueError("parameterization 'mup' needs base_width")
-        if self.kind == "standard" and self.base_width is not None:
-            raise ValueError("base_width only applies to parameterization 'mup'")
-        return self
-
-
-class ModelRecipe(BaseModel):
-    """Everything needed to rebuild a model: builder kind, its parameters, parameterization, seed."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: str
-    params: dict[str, Any]
-    parameterization: Parameterization = Parameterization()
-    seed: int = 0
-
 
 def builder_for(kind: str) -> ModelBuilder:
     registered = get_plugin_manager().models()

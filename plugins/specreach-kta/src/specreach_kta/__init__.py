@@ -3,22 +3,21 @@
 The entry point (``[project.entry-points.specreach]`` in pyproject.toml) names this module;
 specreach registers it with pluggy, which calls each ``@hookimpl`` below with a ``register``
 callable, the same way the built-in estimators and data sources register.
+
+Components are registered by name ("module:Class"), so loading the plugin imports nothing
+heavy: each module is imported the first time a spec or a measurement uses its component.
 """
 
 from __future__ import annotations
 
 from specreach.plugins import hookimpl
-from specreach_kta.kta import KernelTargetAlignment
-from specreach_kta.xor_quadrants import XorQuadrants
-
-__all__ = ["KernelTargetAlignment", "XorQuadrants"]
 
 
 @hookimpl
 def register_estimators(register):
-    register(KernelTargetAlignment)
+    register("specreach_kta.kta:KernelTargetAlignment", name="kta", uses_probes=False)
 
 
 @hookimpl
 def register_datasets(register):
-    register(XorQuadrants)
+    register("specreach_kta.xor_quadrants:XorQuadrants", name="xor-quadrants")

@@ -1,0 +1,161 @@
+"""The ``processes`` executor: N worker processes on this machine, one run at a time each.
+
+- Workers are started with ``spawn`` (a clean interpreter: no inherited torch threads or locks)
+  and live for the whole execution, so torch is imported once per worker, not once per run.
+- Each run is pinned to its thread count: ``train.threads`` where the spec sets it, otherwise the
+  worker's share of the cores (cores / workers), so runs do not oversubscribe the machine.
+- Ctrl-C (or SIGTERM to this process) sets a shared stop event: every worker stops its run at
+  the next step boundary and writes a checkpoint. Workers ignore SIGINT themselves, so a
+  terminal's Ctrl-C reaches them only through that event.
+- A worker that dies (killed, out of memory, a crash in native code) takes only its own run
+  down: the run is started again in a fresh worker from its last checkpoint, up to
+  ``max_retries`` times, then marked FAILED (crashed: ``--resume`` retries it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from specreach.engine.executors import Executor, Plan, record_crash, run_guarded
+from specreach.engine.runs import RunSpec
+
+
+class ProcessesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    workers: int | None = Field(None, ge=1, description=(
+        "Worker processes (default: this machine's cores divided by the runs' train.threads, or the cores)."))
+    max_retries: int = Field(2, ge=0, description=(
+        "Times a run whose worker died is started again (from its last checkpoint) before it is marked FAILED."))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _worker_main(connection, stop_event, threads: int) -> None:
+    """A worker: receive a run, run it, send its result; None ends the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through stop_event
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    while True:
+        run = connection.recv()
+        if run is None:
+            return
+        should_stop = lambda: stop_event.is_set() or stopped.is_set()  # noqa: E731
+        connection.send(run_guarded(run, should_stop, threads=threads, progress_bar=False))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    connection: Any
+    run: RunSpec | None = None
+
+
+class ProcessExecutor(Executor):
+    """Runs in N worker processes on this machine."""
+
+    name = "processes"
+    Params = ProcessesParams
+
+    def workers_for(self, runs) -> int:
+        if self.params.workers is not None:
+            return self.params.workers
+        threads = max((run.train.threads or 1 for run in runs), default=1)
+        return max(1, available_cores() // threads)
+
+    def run(self, runs, stop, done=None):
+        plan = Plan(runs, done)
+        count = max(1, min(self.workers_for(runs), len(runs)))
+        threads = max(1, available_cores() // count)
+        context = multiprocessing.get_context("spawn")
+        stop_event = context.Event()
+        workers: list[_Worker] = []
+        attempts: dict[str, int] = {}
+
+        def start_worker() -> _Worker:
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=_worker_main, args=(child_end, stop_event, threads),
+                                      name="specreach-worker", daemon=True)
+            process.start()
+            child_end.close()
+            worker = _Worker(process, parent_end)
+            workers.append(worker)
+            return worker
+
+        try:
+            while True:
+                if stop.is_set():
+                    stop_event.set()
+                else:
+                    self._hand_out(plan, workers, count, start_worker)
+                busy = [worker for worker in workers if worker.run is not None]
+                if not busy:
+                    break
+                wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=0.5)
+                for worker in busy:
+                    self._collect(worker, plan, workers, attempts, stop)
+        finally:
+            stop_event.set()
+            self._shut_down(workers)
+        return plan.ordered_results()
+
+    def _hand_out(self, plan: Plan, workers: list[_Worker], count: int, start_worker) -> None:
+        while True:
+            idle = next((w for w in workers if w.run is None), None)
+            if idle is None and len(workers) >= count:
+                return
+            run = plan.next_ready()
+            if run is None:
+                return
+            worker = idle or start_worker()
+            worker.run = run
+            worker.connection.send(run)
+
+    def _collect(self, worker: _Worker, plan: Plan, workers: list[_Worker], attempts: dict[str, int],
+                 stop: threading.Event) -> None:
+        run = worker.run
+        try:
+            if worker.connection.poll():
+                plan.record(worker.connection.recv())
+                worker.run = None
+                return
+        except (EOFError, OSError):
+            pass  # the worker died while sending: treat as a crash
+        if worker.process.is_alive():
+            return
+        workers.remove(worker)
+        worker.connection.close()
+        code = worker.process.exitcode
+        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        attempts[run.name] = attempts.get(run.name, 0) + 1
+        if attempts[run.name] <= self.params.max_retries and not stop.is_set():
+            plan.retry(run)
+        else:
+            tries = attempts[run.name]
+            plan.record(record_crash(run, f"its worker process died ({why}) {tries} time{'s' * (tries > 1)}"))
+
+    @staticmethod
+    def _shut_down(workers: list[_Worker]) -> None:
+        for worker in workers:
+            try:
+                worker.connection.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in workers:
+            worker.process.join(timeout=30)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=10)
+            worker.connection.close()

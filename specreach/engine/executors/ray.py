@@ -1,0 +1,127 @@
+"""The ``ray`` executor: each run is a Ray task with its own CPUs and GPUs.
+
+- ``address: null`` starts a local Ray instance for this execution (and stops it at the end);
+  ``auto``, ``host:port`` or ``ray://host:port`` join an existing cluster.
+- Runs write checkpoints and metrics under the spec's output folder, which on a cluster of
+  several machines must be storage they all share; they track to the spec's MLflow URI (a
+  server on a cluster: a SQLite file is only safe on one machine).
+- A task whose worker or node dies is retried by Ray up to ``max_retries`` times; the retry
+  resumes from the run's last checkpoint, so no row is recorded twice.
+- Ctrl-C sets a flag (a small actor) that every task polls at step boundaries, about once a
+  second: runs stop with a checkpoint, as with the other executors.
+
+Ray is an optional dependency: ``pip install 'specreach[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from specreach.engine.executors import Executor, Plan, record_crash, run_guarded
+
+POLL_SECONDS = 1.0  # how often a task asks whether to stop
+
+
+class RayParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str | None = Field(None, description=(
+        "null: start a local Ray instance; 'auto', 'host:port' or 'ray://host:port': join that cluster."))
+    cpus_per_run: float = Field(1, gt=0, description="CPUs Ray reserves for each run (its torch threads).")
+    gpus_per_run: float = Field(0, ge=0, description="GPUs Ray reserves for each run (use train.device: auto).")
+    max_retries: int = Field(2, ge=0, description=(
+        "Times Ray starts a run again after its worker or node died; it resumes from its last checkpoint."))
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (address null; default: all).")
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("execution kind 'ray' needs Ray: pip install 'specreach[ray]' (or pip install ray)") from None
+    return ray
+
+
+def _stop_flag_class(ray):
+    @ray.remote(num_cpus=0)
+    class StopFlag:
+        def __init__(self):
+            self.stopped = False
+
+        def set(self):
+            self.stopped = True
+
+        def is_set(self):
+            return self.stopped
+
+    return StopFlag
+
+
+def run_task(run, flag, threads: int):
+    """The body of a run's Ray task (module-level, so that workers import it by name)."""
+    import ray
+
+    last = {"asked": 0.0, "stop": False}
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if not last["stop"] and now - last["asked"] >= POLL_SECONDS:
+            last["asked"] = now
+            try:
+                last["stop"] = ray.get(flag.is_set.remote(), timeout=30)
+            except Exception:  # the driver (and its flag) is gone: stop with a checkpoint
+                last["stop"] = True
+        return last["stop"]
+
+    return run_guarded(run, should_stop, threads=threads, progress_bar=False)
+
+
+class RayExecutor(Executor):
+    """Runs as Ray tasks, on a local instance or a cluster."""
+
+    name = "ray"
+    Params = RayParams
+
+    def run(self, runs, stop, done=None):
+        ray = import_ray()
+        params = self.params
+        plan = Plan(runs, done)
+        started_here = not ray.is_initialized()
+        if started_here:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            if params.address is None:
+                ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="warning")
+            else:
+                ray.init(address=params.address, logging_level="warning")
+        try:
+            flag = _stop_flag_class(ray).remote()
+            task = ray.remote(run_task).options(num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run,
+                                                max_retries=params.max_retries, retry_exceptions=False)
+            threads = max(1, int(params.cpus_per_run))
+            in_flight: dict = {}
+            flagged = False
+            while True:
+                if stop.is_set():
+                    if not flagged:
+                        ray.get(flag.set.remote())
+                        flagged = True
+                else:
+                    while (run := plan.next_ready()) is not None:
+                        in_flight[task.remote(run, flag, threads)] = run
+                if not in_flight:
+                    break
+                finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                for ref in finished:
+                    run = in_flight.pop(ref)
+                    try:
+                        plan.record(ray.get(ref))
+                    except ray.exceptions.RayError as error:  # retries exhausted: the worker or node died
+                        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                        plan.record(record_crash(run, f"its Ray task died {params.max_retries + 1} times "
+                                                      f"({type(error).__name__}: {first_line})"))
+        finally:
+            if started_here:
+                ray.shutdown()
+        return plan.ordered_results()
