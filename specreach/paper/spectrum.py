@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specreach.paper.plots import legend, plt, save
+from specreach.paper.plots import colors, legend, plt, save
 from specreach.paper.runs import RunData
 
 
@@ -40,15 +40,24 @@ def summary_json(summary: dict[str, dict]) -> dict:
 
 
 def plot_spectrum(summary: dict[str, dict], path):
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, entry in summary.items():
+    """The paper's three panels per mode k, and the cumulative projection mass against the
+    normalized eigenvalue: the share of the loss gradient on modes of eigenvalue ≥ λ (a shift of
+    the curve to smaller λ is the gradient moving into the spectral tail)."""
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
+    for (name, entry), color in zip(summary.items(), colors(len(summary))):
         for label, style in (("initialization", ":"), ("end of training", "-")):
             lam = np.array(entry[label]["normalized_eigenvalues"])
             c = np.array(entry[label]["projections"])
             k = np.arange(1, len(lam) + 1)
+            line = f"{name}, {label} (step {entry[label]['step']}, P = {entry[label]['P_from_spectrum']:.2g})"
             for ax, values in zip(axes, (lam, c, c * lam)):
-                ax.plot(k, values, style, lw=1, label=f"{name}, {label} (step {entry[label]['step']})")
+                ax.plot(k, values, style, lw=0.8, color=color, label=line)
+            order = np.argsort(-lam)
+            axes[3].plot(lam[order], np.cumsum(c[order]), style, lw=1.2, color=color)
     for ax, title in zip(axes, ("λ_k / Σλ", "c_k (projection of the loss gradient)", "c_k λ_k / Σλ (sums to P)")):
         ax.set(xscale="log", yscale="log", xlabel="mode k (by eigenvalue)", title=title)
+    axes[3].set(xscale="log", xlabel="λ / Σλ", ylabel="Σ c_k over modes with λ_k ≥ λ",
+                title="where the loss gradient lies along the spectrum")
+    axes[3].invert_xaxis()
     legend(axes[0])
     return save(fig, path)
