@@ -279,3 +279,17 @@ def test_rfm_figure(tmp_path):
 def test_report_on_a_missing_directory(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no run directory at" in capsys.readouterr().err
+
+
+def test_short_log_axes_get_enough_labels(tmp_path):
+    """An axis spanning about a decade is labelled at 1-2-5 steps, not only at one power of ten."""
+    from specreach.paper.plots import save
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 64], [0.0065, 0.07])
+    ax.set(xscale="log", yscale="log")
+    save(fig, tmp_path / "axis.png")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text() and
+              ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    assert len(labels) >= 3, labels

@@ -21,7 +21,8 @@ class Checkpoint:
 
 
 def trained(run: RunData) -> Checkpoint:
-    """The run's trained model (``final.pt``), its loss and its data source, on the CPU."""
+    """The run's trained model (``final.pt``), its loss and its data source, on the run's GPU where
+    this machine has one, else on the CPU."""
     from specreach.engine.runs import RunSpec
     from specreach.engine.tasks import loss_for
     from specreach.models.parameterization import load_model
@@ -32,8 +33,11 @@ def trained(run: RunData) -> Checkpoint:
         raise FileNotFoundError(f"run {run.name} has no trained model at {path} (it writes final.pt when it finishes)")
     spec = RunSpec.model_validate(run.run_spec)
     data = get_plugin_manager().datasets()[spec.data.kind].component(**spec.data.params)
+    wants_gpu = spec.train.device == "auto" or spec.train.device.startswith("cuda")
+    device = ("cuda" if spec.train.device == "auto" else spec.train.device) if wants_gpu and torch.cuda.is_available() \
+        else "cpu"
     model, _ = load_model(path, map_location="cpu")
-    model = model.to(dtype={"float64": torch.float64}.get(spec.train.dtype, torch.float32))
+    model = model.to(device=device, dtype={"float64": torch.float64}.get(spec.train.dtype, torch.float32))
     return Checkpoint(model, loss_for(data.info()), data, spec)
 
 
@@ -41,6 +45,6 @@ def first_training_batch(checkpoint: Checkpoint, size: int) -> tuple[torch.Tenso
     """The first ``size`` training samples in the run's data order (a fixed set of training samples)."""
     spec = checkpoint.run_spec
     inputs, targets = next(iter(checkpoint.data.train_batches(size, spec.train.data_seed)))
-    dtype = next(checkpoint.model.parameters()).dtype
-    return (inputs.to(dtype) if inputs.is_floating_point() else inputs,
-            targets.to(dtype) if targets.is_floating_point() else targets)
+    weight = next(checkpoint.model.parameters())
+    return tuple(t.to(device=weight.device, dtype=weight.dtype if t.is_floating_point() else t.dtype)
+                 for t in (inputs, targets))

@@ -27,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from specreach.paper.runs import (  # noqa: E402
     GroupKey, Labels, RunData, SeedCurves, finite, groups, load_run, seed_curves, seed_summary,
@@ -61,7 +61,7 @@ def tidy(ax) -> None:
         axis.set_minor_formatter(NullFormatter())
         if math.log10(max(limits) / min(limits)) < 2:
             axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
 
 
 def band(ax, x, curves: SeedCurves, color, label: str | None = None, values: np.ndarray | None = None, **style):
@@ -294,7 +294,8 @@ def plot_loss_change(runs: list[RunData], path: Path) -> Path | None:
         ax.set(xscale="log", xlabel="step + 1", title=title)
         ax.title.set_fontsize(9)
     fig.suptitle("−η·D is the linear term of an SGD step; with AdamW the update is preconditioned, so the "
-                 "remainder holds the preconditioning as well as the non-linear part. " + seed_note(found),
+                 "remainder holds the preconditioning as well as the non-linear part. "
+                 + seed_note({key: value[0] for key, value in found.items()}),
                  fontsize=8)
     legend(axes[0])
     return save(fig, path)
