@@ -178,7 +178,9 @@ def test_hutchinson_convergence_from_repeated_draws_on_the_trained_model(tmp_pat
     assert convergence["run"] == "s-seed0" and convergence["options"] == {"readout": "probed"}
     assert -0.65 < convergence["fit_exponent"] < -0.35
     for k, entry in convergence["by_probes"].items():
-        if int(k) >= 2:  # the reported s.e. is honest: it matches the spread of independent draws
+        # With many probes the reported s.e. matches the spread of independent draws (with few, the
+        # estimator widens it by t_ν/z on purpose, for coverage).
+        if int(k) >= 8:
             assert 0.6 < entry["reported_relative_stderr"] / entry["cv"] < 1.6, k
     # The draws are of the trained model on a fixed batch: their mean is χ_net of that batch.
     from specreach.paper.checkpoints import first_training_batch, trained

@@ -135,7 +135,8 @@ def _draw_convergence(ax, spec: str, entry: dict) -> None:
     reported = [(k, v["reported_relative_stderr"]) for k, v in zip(ks, entry["by_probes"].values())
                 if v["reported_relative_stderr"] is not None]
     if reported:
-        ax.plot(*zip(*reported), "x", color="black", ms=5, label="the estimator's own s.e. / value")
+        ax.plot(*zip(*reported), "x", color="black", ms=5,
+                label="the estimator's own s.e. / value (widened by t/z at few probes)")
     ax.set(xscale="log", yscale="log", xlabel="probes K", ylabel="coefficient of variation of χ_net",
            title=f"{spec}: trained {entry['run']}, {entry['batch_samples']} training samples")
     ax.title.set_fontsize(8)
