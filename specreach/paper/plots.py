@@ -113,28 +113,40 @@ def dynamics_groups(runs: list[RunData]) -> dict[GroupKey, list[RunData]]:
 
 # --- Figure 1: loss and P against step ---------------------------------------------------------------
 
+def by_spec(found: dict[GroupKey, list[RunData]]) -> dict[str, dict[GroupKey, list[RunData]]]:
+    """Groups per spec: figures give each spec (dataset, parameterization) a row of its own."""
+    rows: dict[str, dict[GroupKey, list[RunData]]] = {}
+    for key, group in found.items():
+        rows.setdefault(key.spec, {})[key] = group
+    return rows
+
+
 def plot_loss_and_position(runs: list[RunData], path: Path) -> Path | None:
     found = dynamics_groups(runs)
     if not found:
         return None
-    labels = Labels(found)
-    fig, (ax_loss, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
-    all_p = []
-    for (key, group), color in zip(found.items(), colors(len(found))):
-        losses = _aligned([run.values("loss") for run in group])
-        if losses is not None:
-            steps, values = losses
-            ax_loss.plot(steps + 1, values.mean(axis=0), lw=0.8, color=color)
-            if len(group) > 1:
-                ax_loss.fill_between(steps + 1, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, lw=0)
-        curves = seed_curves(group, "spectral_position")
-        band(ax_p, curves.steps + 1, curves, color, labels(key, group[0].parameters))
-        all_p.append(curves.values)
-    ax_loss.set(xscale="log", yscale="log", xlabel="step + 1", ylabel="training loss")
-    value_axis(ax_p, np.concatenate([v.ravel() for v in all_p]))
-    ax_p.set(xscale="log", xlabel="step + 1 (window mean; single steps at the start)",
-             ylabel="spectral position P", title=seed_note(found))
-    legend(ax_p)
+    rows = by_spec(found)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4.2 * len(rows)), squeeze=False)
+    for (spec, row), (ax_loss, ax_p) in zip(rows.items(), axes):
+        labels = Labels(row)
+        all_p = []
+        for (key, group), color in zip(row.items(), colors(len(row))):
+            losses = _aligned([run.values("loss") for run in group])
+            if losses is not None:
+                steps, values = losses
+                ax_loss.plot(steps + 1, values.mean(axis=0), lw=0.8, color=color)
+                if len(group) > 1:
+                    ax_loss.fill_between(steps + 1, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15,
+                                         lw=0)
+            curves = seed_curves(group, "spectral_position")
+            band(ax_p, curves.steps + 1, curves, color, labels(key, group[0].parameters))
+            all_p.append(curves.values)
+        ax_loss.set(xscale="log", yscale="log", xlabel="step + 1", ylabel="training loss", title=spec)
+        value_axis(ax_p, np.concatenate([v.ravel() for v in all_p]))
+        ax_p.set(xscale="log", xlabel="step + 1 (window mean; single steps at the start)",
+                 ylabel="spectral position P", title=f"{spec}: {seed_note(row)}")
+        ax_p.title.set_fontsize(9)
+        legend(ax_p)
     return save(fig, path)
 
 
@@ -160,27 +172,30 @@ def plot_components(runs: list[RunData], path: Path) -> Path | None:
     found = dynamics_groups(runs)
     if not found:
         return None
-    labels = Labels(found)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    plotted: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
-    for (key, group), color in zip(found.items(), colors(len(found))):
-        n_curves = seed_curves(group, "network_magnitude_normalized")
-        p_curves = seed_curves(group, "spectral_position")
-        for index, (metric, _) in enumerate(COMPONENTS):
-            if metric is None:  # Ñ·P per seed, on the windows both have
-                length = min(len(n_curves), len(p_curves))
-                curves = SeedCurves(p_curves.steps[:length], n_curves.values[:, :length] * p_curves.values[:, :length],
-                                    p_curves.seeds)
-            else:
-                curves = seed_curves(group, metric)
-            if len(curves):
-                band(axes.flat[index], curves.steps + 1, curves, color, labels(key, group[0].parameters))
-                plotted[index].append(curves.values)
-    for index, (ax, (_, title)) in enumerate(zip(axes.flat, COMPONENTS)):
-        value_axis(ax, np.concatenate([v.ravel() for v in plotted[index]]) if plotted[index] else [])
-        ax.set(xscale="log", xlabel="step + 1", title=title)
+    rows = by_spec(found)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(18, 3.9 * len(rows)), squeeze=False)
+    for (spec, row), row_axes in zip(rows.items(), axes):
+        labels = Labels(row)
+        plotted: dict[int, list[np.ndarray]] = {i: [] for i in range(4)}
+        for (key, group), color in zip(row.items(), colors(len(row))):
+            n_curves = seed_curves(group, "network_magnitude_normalized")
+            p_curves = seed_curves(group, "spectral_position")
+            for index, (metric, _) in enumerate(COMPONENTS):
+                if metric is None:  # Ñ·P per seed, on the windows both have
+                    length = min(len(n_curves), len(p_curves))
+                    curves = SeedCurves(p_curves.steps[:length],
+                                        n_curves.values[:, :length] * p_curves.values[:, :length], p_curves.seeds)
+                else:
+                    curves = seed_curves(group, metric)
+                if len(curves):
+                    band(row_axes[index], curves.steps + 1, curves, color, labels(key, group[0].parameters))
+                    plotted[index].append(curves.values)
+        for index, (ax, (_, title)) in enumerate(zip(row_axes, COMPONENTS)):
+            value_axis(ax, np.concatenate([v.ravel() for v in plotted[index]]) if plotted[index] else [])
+            ax.set(xscale="log", xlabel="step + 1", title=f"{spec}: {title}" if len(rows) > 1 else title)
+            ax.title.set_fontsize(9)
+        legend(row_axes[1])
     fig.suptitle(seed_note(found), fontsize=9)
-    legend(axes.flat[1])
     return save(fig, path)
 
 
