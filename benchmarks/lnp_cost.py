@@ -8,6 +8,9 @@ plain training step (forward, cross-entropy backward, AdamW):
   with K probes per batch reusing the step's gradient on A (``measure_lnp_at_step``);
 - straightforward: Opacus ``GradSampleModule`` materializing per-sample gradients, a fresh
   forward per probe, and separate gradient passes for D on A and on B;
+- the general path: the same model with its head tied functionally to the embedding
+  (``logits = h @ embedding.weight.T``, nanoGPT's shape), whose embedding weight needs a
+  per-sample VJP of the whole model for every probe (``--skip-tied`` leaves it out);
 - peak tensor memory (allocations traced by the autograd profiler) of a training step and
   of a measurement.
 
@@ -32,6 +35,17 @@ from specreach import measure_lnp_at_step
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.probes import ProbeAccumulator, rademacher
 from specreach.models.llama import Llama, LlamaConfig
+
+
+class TiedLlama(Llama):
+    """The head is the embedding's weight, used functionally (nanoGPT): ``h @ embedding.weight.T``."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        del self.output
+
+    def forward(self, tokens):
+        return self.representation(tokens) @ self.embedding.weight.T
 
 
 def token_cross_entropy(logits, targets):
@@ -113,6 +127,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paper-scale", action="store_true")
     parser.add_argument("--skip-straightforward", action="store_true")
+    parser.add_argument("--skip-tied", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -187,11 +202,32 @@ def main() -> None:
         rows.append((f"straightforward: cross-batch measurement, K = {args.probes} per batch",
                      timed(lambda: straightforward_measurement(gsm, batch_a, batch_b, args.probes, generator),
                            max(1, args.repeats // 2), device)))
+    if not args.skip_tied:
+        torch.manual_seed(0)
+        tied = TiedLlama(config).to(device)
+        tied_state = {}
+
+        def tied_step_gradient():
+            tied.zero_grad(set_to_none=True)
+            tied_state["logits"] = tied(batch_a[0])
+            token_cross_entropy(tied_state["logits"], batch_a[1]).backward()
+
+        def tied_measurement():
+            tied_state["result"] = measure_lnp_at_step(
+                tied, token_cross_entropy, batch_a, batch_b, grad_a=[p.grad for p in tied.parameters()],
+                outputs_a=tied_state["logits"], estimator="hutchinson", probes=args.probes, generator=generator,
+            )
+
+        tied_step_gradient()
+        rows.append((f"general path, tied-head GPT: cross-batch measurement, K = {args.probes}",
+                     timed(tied_measurement, max(1, args.repeats // 2), device)))
+        assert tied_state["result"].paths["embedding.weight"].startswith("enclosing VJP")
     print(f"{'what':<66} {'seconds':>8} {'× step':>7}")
     for name, seconds in rows:
         print(f"{name:<66} {seconds:8.3f} {seconds / t_step:7.2f}")
     if not args.skip_straightforward:
-        print(f"gain of specreach over straightforward, full measurement: {rows[4][1] / rows[2][1]:.2f}×")
+        straightforward = dict(rows)[f"straightforward: cross-batch measurement, K = {args.probes} per batch"]
+        print(f"gain of specreach over straightforward, full measurement: {straightforward / rows[2][1]:.2f}×")
 
     result = state["result"]
     print(f"last measurement: P = {result.spectral_position:.3e} ± {result.spectral_position_stderr:.1e}, "

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.problem import (
-    Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
+    Batch, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
 )
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 
@@ -69,14 +69,14 @@ class PerSampleNormEstimator(Estimator):
             estimator=self.name,
             probes=problem.probes,
             grad_dot=grad_dot,
-            loss_a=a.outputs.loss,
-            loss_b=b.outputs.loss,
-            chi_loss_a=squared_norm(a.outputs.output_grad),
-            chi_loss_b=squared_norm(b.outputs.output_grad),
+            loss_a=a.loss,
+            loss_b=b.loss,
+            chi_loss_a=a.chi_loss,
+            chi_loss_b=b.chi_loss,
             chi_net_a=a.chi_net,
             chi_net_b=b.chi_net,
-            units_a=a.outputs.units,
-            units_b=b.outputs.units,
+            units_a=a.units,
+            units_b=b.units,
             full_batch=problem.full_batch,
             paths={**b.paths, **a.paths},
             step_gradient_reused=problem.grad_a is not None and a.gradient is None,
@@ -96,23 +96,30 @@ class PerSampleNormEstimator(Estimator):
             with tape:
                 outputs = forward(problem.model, batch.inputs, which)
             try:
-                measured = batch_outputs(problem, batch, outputs, which)
-                gradient = None
+                gradient = output_grad = loss = None
                 if step_outputs is None or not same_function(outputs, step_outputs):
                     loss = loss_of(problem.loss_fn, outputs, batch.targets, which)
-                    gradient = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                    output_grad, *gradient = torch.autograd.grad(
+                        loss, [outputs, *params], retain_graph=True, allow_unused=True)
                     gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, gradient))
+                    loss = float(loss.detach())
+                measured = batch_outputs(problem, batch, outputs, which, output_grad, loss)
                 tape.output_mask = measured.mask
                 chi_net = self.chi_net(tape, outputs, problem)
                 paths = tape.paths
             finally:
                 tape.clear()
-        return _BatchMeasurement(measured, chi_net, gradient, paths)
+        return _BatchMeasurement(measured.loss, squared_norm(measured.output_grad), measured.units, chi_net,
+                                 gradient, paths)
 
 
 @dataclass(frozen=True)
 class _BatchMeasurement:
-    outputs: BatchOutputs
+    """What one batch contributes; no tensors of its forward, so its graph is freed before the next."""
+
+    loss: float
+    chi_loss: float
+    units: int
     chi_net: ChiNet
     gradient: tuple[Tensor, ...] | None  # None: the training step's gradient is reused
     paths: dict[str, str]
@@ -124,5 +131,8 @@ def same_function(outputs: Tensor, step_outputs: Tensor) -> bool:
         raise ValueError(f"outputs_a has shape {tuple(step_outputs.shape)}, the model's outputs on batch A "
                          f"{tuple(outputs.shape)}: pass the training step's outputs on batch A")
     reference = outputs.detach()
+    step_outputs = step_outputs.to(reference.dtype)
+    if torch.equal(step_outputs, reference):
+        return True
     scale = float(reference.abs().max()) if reference.numel() else 0.0
-    return torch.allclose(step_outputs.to(reference.dtype), reference, rtol=1e-4, atol=1e-5 * scale)
+    return torch.allclose(step_outputs, reference, rtol=1e-4, atol=1e-5 * scale)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -82,16 +82,30 @@ def units_of(targets: Any, mask: Tensor | None, batch_size: int) -> int:
     return targets.numel() if isinstance(targets, Tensor) else batch_size
 
 
-def check_mean_reduction(loss_fn: Any, outputs: Tensor, targets: Any, which: str) -> None:
-    """The loss must be a mean over samples: the same samples twice give the same loss.
+def check_loss(loss_fn: Any, outputs: Tensor, targets: Any, which: str,
+               params: Mapping[str, nn.Parameter] | None = None) -> None:
+    """The loss must be a mean over samples of terms that reach θ only through the outputs.
 
-    Checked on (at most) two samples, so it costs two evaluations of the loss on tiny inputs.
+    The same samples twice must give the same loss (a summed loss doubles); and no parameter may
+    get a gradient from the loss directly (a weight penalty adds a gradient that is not Jᵀg, so D
+    would not be g_Bᵀ Θ g_A). Checked on (at most) two samples: tiny evaluations of the loss alone.
     """
     if not isinstance(targets, Tensor) or targets.dim() == 0 or targets.shape[0] != outputs.shape[0]:
         return
+    few_outputs, few_targets = outputs[:2].detach().requires_grad_(True), targets[:2]
+    with torch.enable_grad():
+        once = loss_fn(few_outputs, few_targets)
+        direct = torch.autograd.grad(once, list((params or {}).values()), allow_unused=True) if (
+            params and once.requires_grad) else []
+    used = [name for name, grad in zip(params or {}, direct) if grad is not None]
+    if used:
+        raise ValueError(
+            f"loss_fn uses the parameters {used[:3]} directly (e.g. a weight penalty), not only through the "
+            "model's outputs; the LNP decomposition is of the data loss. Measure the loss without the penalty "
+            "(weight decay belongs in the optimizer)."
+        )
     with torch.no_grad():
-        few_outputs, few_targets = outputs[:2].detach(), targets[:2]
-        once = float(loss_fn(few_outputs, few_targets))
+        once = float(once)
         twice = float(loss_fn(torch.cat([few_outputs, few_outputs]), torch.cat([few_targets, few_targets])))
     if not math.isfinite(once) or once == 0:
         return  # e.g. every position of these samples ignored: nothing to compare

@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from specreach.lnp.loss_units import IgnoreIndex, check_mean_reduction, counted_positions, units_of
+from specreach.lnp.loss_units import IgnoreIndex, check_loss, counted_positions, units_of
 
 LossFn = Callable[[Tensor, Any], Tensor]
 
@@ -216,32 +216,22 @@ def loss_of(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> Tenso
     return loss
 
 
-def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str,
-                    params: Mapping[str, nn.Parameter] | None = None) -> tuple[Tensor, float]:
-    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network), and L_X.
-
-    With ``params``, also checks that the loss reaches θ only through the outputs: a regularizer
-    inside the loss adds a gradient that is not Jᵀg, so D would not be g_Bᵀ Θ g_A.
-    """
+def output_gradient(loss_fn: LossFn, outputs: Tensor, targets: Any, which: str) -> tuple[Tensor, float]:
+    """g_X = ∂L_X/∂F_X, through the loss function only (no backward through the network), and L_X."""
     detached = outputs.detach().requires_grad_(True)
-    names = list(params or {})
     with torch.enable_grad():
         loss = loss_of(loss_fn, detached, targets, which)
-        grad, *direct = torch.autograd.grad(loss, [detached, *(params or {}).values()], allow_unused=True)
-    used = [name for name, g in zip(names, direct) if g is not None]
-    if used:
-        raise ValueError(
-            f"loss_fn uses the parameters {used[:3]} directly (e.g. a weight penalty), not only through the "
-            "model's outputs; the LNP decomposition is of the data loss. Measure the loss without the penalty "
-            "(weight decay belongs in the optimizer)."
-        )
+        (grad,) = torch.autograd.grad(loss, detached)
     return grad, float(loss.detach())
 
 
-def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, which: str) -> BatchOutputs:
-    """g, L, the counted positions and m of a batch, from its outputs (no backward through the network)."""
-    check_mean_reduction(problem.loss_fn, outputs, batch.targets, which)
-    output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which, problem.params)
+def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, which: str,
+                  output_grad: Tensor | None = None, loss: float | None = None) -> BatchOutputs:
+    """g, L, the counted positions and m of a batch, from its outputs (no backward through the
+    network); pass ``output_grad`` and ``loss`` when a backward already gave them."""
+    check_loss(problem.loss_fn, outputs, batch.targets, which, problem.params)
+    if output_grad is None:
+        output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
     mask = counted_positions(problem.loss_fn, outputs, batch.targets, output_grad, which,
                              problem.ignore_index, batch.loss_mask)
     units = batch.units if batch.units is not None else units_of(batch.targets, mask, batch.size)
