@@ -262,3 +262,24 @@ def test_embeddings_that_couple_or_change_are_refused(options, message):
     batch = (torch.randint(0, VOCAB, (4, 2)), torch.randint(0, 3, (4,)))
     with pytest.raises(ValueError, match=message):
         measure_lnp(model, F.cross_entropy, batch)
+
+
+def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():
+    """A tied use inside a forward with data-dependent Python control flow cannot be vmapped."""
+
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.encoder(x))
+            if h.sum() > 0:  # a Python branch on the data
+                h = h * 2
+            return F.linear(h, self.encoder.weight.t())
+
+    torch.manual_seed(0)
+    batch = (torch.randn(4, 4), torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"per-sample VJP of module call '<Branching model>'.*encoder.weight.*"
+                                         r"data-dependent Python control flow"):
+        measure_lnp(Branching(), F.mse_loss, batch, estimator="hutchinson", probes=2)
