@@ -53,14 +53,16 @@ def value_axis(ax, values: Iterable[float], axis: str = "y") -> None:
 
 def tidy(ax) -> None:
     """Readable ticks: on log axes only decades are labelled, or 1-2-5 steps where the axis spans
-    less than two decades (minor labels of a short log axis otherwise run into each other)."""
+    less than two decades and finer steps below one (minor labels of a short log axis otherwise run
+    into each other)."""
     ax.tick_params(labelsize=7)
     for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() != "log" or min(limits) <= 0:
             continue
         axis.set_minor_formatter(NullFormatter())
-        if math.log10(max(limits) / min(limits)) < 2:
-            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        decades = math.log10(max(limits) / min(limits))
+        if decades < 2:
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades >= 1 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
             axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
 
 

@@ -28,10 +28,16 @@ def spectrum_summary(runs: list[RunData]) -> dict[str, dict]:
                             "projections": projections.tolist(),
                             "P_from_spectrum": float((projections * normalized).sum()),
                             "top_eigenvalue_share": float(normalized[order[0]]),
-                            "projection_weighted_log_eigenvalue": float(
-                                np.sum(projections * np.log(np.clip(normalized, 1e-300, None))))}
+                            "gradient_median_eigenvalue": _median_eigenvalue(normalized, projections)}
         summary[run.name] = entry
     return summary
+
+
+def _median_eigenvalue(normalized: np.ndarray, projections: np.ndarray) -> float:
+    """The normalized eigenvalue above which half of the loss gradient lies (Σ c_k = 1)."""
+    order = np.argsort(-normalized)
+    cumulative = np.cumsum(projections[order])
+    return float(normalized[order][min(np.searchsorted(cumulative, 0.5 * cumulative[-1]), len(order) - 1)])
 
 
 def summary_json(summary: dict[str, dict]) -> dict:
