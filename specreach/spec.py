@@ -191,6 +191,9 @@ class MeasureSection(Strict):
     validation_size: int | None = Field(None, ge=1, description="Samples of the validation pool to draw B from.")
     batch_size: int | None = Field(None, ge=1, description="Measurement batch size for B (default: train batch).")
     cross_batch: bool = Field(True, description="B from the validation pool (true) or B = A (false).")
+    fixed_batch: bool = Field(False, description=(
+        "A is the validation pool's first `batch_size` samples at every measured step instead of the training "
+        "batch: the same inputs at initialization and after training (with cross_batch: false, B = A)."))
 
     @model_validator(mode="after")
     def _estimator_known(self):
