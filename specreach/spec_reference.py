@@ -59,7 +59,7 @@ def type_name(annotation: Any, sections: dict[type[BaseModel], str]) -> str:
         return annotation.__name__
     origin, arguments = get_origin(annotation), get_args(annotation)
     if origin in (Union, types.UnionType):
-        return " or ".join(type_name(argument, sections) for argument in arguments)
+        return " or ".join(dict.fromkeys(type_name(argument, sections) for argument in arguments))
     if origin is Literal:
         return " or ".join(f"`{value}`" for value in arguments)
     # Containers in YAML flow notation, which also keeps nested types unambiguous.
