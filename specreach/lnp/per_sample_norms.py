@@ -8,8 +8,9 @@ autograd only for the gradients with respect to the planned calls' outputs — t
 own gradients (half of an ordinary backward) are never computed — and turns (inputs, output
 gradients) into per-sample norms:
 
-- linear layers: ghost norms ``Σ_{t,t'} (a_t·a_t')(g_t·g_t')`` when the sequence is short
-  (T² < d_in·d_out), otherwise the per-sample gradient is materialized — whichever is cheaper;
+- linear layers: ghost norms ``Σ_{t,t'} (a_t·a_t')(g_t·g_t')`` (the activations' Gram matrix
+  computed once per forward, so a probe costs T²·d_out) or the materialized per-sample gradient
+  Σ_t g_t a_tᵀ (T·d_in·d_out per probe), whichever is cheaper;
 - embeddings: Opacus's norm rule, with the ``padding_idx`` positions' gradients removed (autograd
   gives that row no gradient);
 - other layers with an Opacus grad-sample rule (norms, convolutions, …): the per-sample gradient;
@@ -51,6 +52,8 @@ class PerSampleNormTape:
         #: Positions of the recorded outputs that count (True), or None: all. Set by the estimator
         #: flow from the loss's ignored targets (``lnp-math.md`` §8); probes are zero elsewhere.
         self.output_mask: Tensor | None = None
+        #: What every probe of this forward reuses (activation Gram matrices, normalized inputs).
+        self._reused: dict[tuple[int, str], Tensor] = {}
 
     def __enter__(self) -> "PerSampleNormTape":
         self.plan = None
@@ -68,6 +71,7 @@ class PerSampleNormTape:
         self.recorder.clear()
         self.plan = None
         self.output_mask = None
+        self._reused.clear()
 
     @property
     def paths(self) -> dict[str, str]:
@@ -140,7 +144,9 @@ class PerSampleNormTape:
         materialize = any(id(p) in self.plan.summed for p in rule.parameters.values())
         kind = type(module)
         if kind in LINEAR_TYPES:
-            yield from _linear(module, call.args[0], backprop, materialize)
+            yield from self._linear(rule, backprop, materialize)
+        elif kind is nn.RMSNorm:
+            yield from self._rms_norm(rule, backprop)
         elif isinstance(module, nn.Embedding):
             yield from _embedding(module, call.args[0], backprop, materialize)
         elif not materialize and kind in NORM_SAMPLERS:
@@ -151,22 +157,61 @@ class PerSampleNormTape:
                 yield param, grad, False
 
 
+    def _once(self, rule: RuleCall, what: str, compute) -> Tensor:
+        key = (id(rule.call), what)
+        if key not in self._reused:
+            self._reused[key] = compute()
+        return self._reused[key]
+
+    def _linear(self, rule: RuleCall, backprop: Tensor, materialize: bool):
+        """Linear layers over any number of positions T: ghost norm or materialized gradient, by cost."""
+        module = rule.call.module
+        n = backprop.shape[0]
+        scale = opacus_rules.readout_input_scale(module) if isinstance(module, opacus_rules.MUP_READOUTS) else 1.0
+        g = backprop.reshape(n, -1, module.out_features)
+        positions = g.shape[1]
+
+        def activations() -> Tensor:
+            return (rule.call.args[0].reshape(n, -1, module.in_features) * scale).to(g.dtype)
+
+        weight = module.weight if module.weight.requires_grad else None
+        bias = module.bias if module.bias is not None and module.bias.requires_grad else None
+        # Per probe: ghost T²·d_out (the activations' Gram is reused), materialized T·d_in·d_out.
+        ghost = not materialize and positions * positions * module.out_features <= (
+            positions * module.in_features * module.out_features) and positions * positions * n <= _GRAM_LIMIT
+        if weight is not None:
+            if ghost:
+                gram = self._once(rule, "gram", lambda: torch.bmm(activations(), activations().transpose(1, 2)))
+                yield weight, (gram * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2)).clamp(min=0).sqrt(), True
+            else:
+                a = self._once(rule, "activations", activations)
+                yield weight, torch.bmm(g.transpose(1, 2), a), False
+        if bias is not None:
+            summed = g.sum(dim=1)
+            if materialize:
+                yield bias, summed, False
+            else:
+                yield bias, summed.square().sum(dim=1).sqrt(), True
+
+    def _rms_norm(self, rule: RuleCall, backprop: Tensor):
+        """RMSNorm's weight: per sample Σ_t g_t ⊙ x̂_t, the normalized input computed once per forward."""
+        module = rule.call.module
+        if not module.weight.requires_grad:
+            return
+        n = backprop.shape[0]
+        normalized = self._once(rule, "normalized", lambda: torch.nn.functional.rms_norm(
+            rule.call.args[0], module.normalized_shape, eps=module.eps))
+        per_position = (normalized * backprop).reshape(n, -1, *module.weight.shape)
+        yield module.weight, per_position.sum(dim=1), False
+
+
+#: Largest Gram-matrix cache (n·T² entries) per layer; beyond it the gradient is materialized.
+_GRAM_LIMIT = 2**24
+
+
 def _contiguous(args: tuple) -> list:
     """Opacus's rules ``view`` their inputs (e.g. token ids sliced from a longer window)."""
     return [a.contiguous() if isinstance(a, Tensor) else a for a in args]
-
-
-def _linear(module: nn.Linear, inputs: Tensor, backprop: Tensor, materialize: bool):
-    """Linear layers over any number of positions: ghost norm or materialized gradient, by cost."""
-    n = backprop.shape[0]
-    activations = inputs.reshape(n, -1, module.in_features)
-    backprop = backprop.reshape(n, -1, module.out_features)
-    positions = activations.shape[1]
-    # Ghost norm: O(T² (d_in + d_out)); materializing: O(T d_in d_out).
-    ghost = not materialize and positions * positions < module.in_features * module.out_features
-    rule = NORM_SAMPLERS[type(module)] if ghost else GRAD_SAMPLERS[type(module)]
-    for param, value in rule(module, [activations], backprop).items():
-        yield param, value, ghost
 
 
 def _embedding(module: nn.Embedding, tokens: Tensor, backprop: Tensor, materialize: bool):
