@@ -164,6 +164,7 @@ COMPONENT_KINDS = (
     ("Estimators", "estimators", "`measure.estimator`; parameters under `measure.options`"),
     ("Data sources", "datasets", "`data.kind`; parameters under `data.params`"),
     ("Models", "models", "`model.kind`; parameters under `model.params` and `model.sizes`"),
+    ("Executors", "executors", "`execution.kind`; parameters under `execution.params`"),
 )
 
 

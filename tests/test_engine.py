@@ -282,3 +282,32 @@ def test_threads_apply_to_the_run_only(tmp_path, monkeypatch):
     assert session.run_session(Engine(spec).runs()[0].model_copy(update={"train": spec.train.model_copy(
         update={"threads": None})}), threads=1) == "done"  # an executor's share of the cores
     assert seen == [1, 1] and torch.get_num_threads() == before
+
+
+def test_sinks_record_rows_artifacts_and_status_and_mlflow_sends_only_when_flushed(tmp_path):
+    from specreach.engine import Sinks
+    from specreach.engine.run_folder import RunFolder, StatusSink
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    mlflow = MlflowSink.start(uri, experiment="sinks", run_name="one", artifact_root=tmp_path / "artifacts")
+    folder = RunFolder(tmp_path / "run")
+    sink = Sinks([TableSink(folder.metrics), mlflow, StatusSink(folder, mlflow.run_id)])
+    sink.status("RUNNING", step=0)
+    assert folder.read_status()["status"] == "RUNNING" and folder.result("one") is None
+    sink.write({"step": 0, "loss": 2.0, "note": "text", "nan": float("nan")})
+    sink.write({"step": 1, "loss": 1.5})
+    assert metric_history(uri, mlflow.run_id, "loss") == []  # nothing leaves before a flush
+    state = sink.state_dict()
+    sink.flush()
+    assert metric_history(uri, mlflow.run_id, "loss") == [(0, 2.0), (1, 1.5)]
+    assert metric_history(uri, mlflow.run_id, "nan") == []
+    sink.write({"step": 2, "loss": 1.0})
+    sink.load_state_dict(state)  # back to the checkpoint: the row written after it is gone
+    assert [row["step"] for row in read_table(folder.metrics)] == [0, 1]
+    sink.artifact(folder.metrics)
+    sink.status("FINISHED", final={"eval_loss": 1.0})
+    (run,) = read_runs(uri, "sinks")
+    assert run["status"] == "FINISHED" and list((tmp_path / "artifacts").rglob("metrics.csv"))
+    assert folder.result("one").final == {"eval_loss": 1.0}
+    crashed = folder.mark_crashed("one", "its worker died")
+    assert crashed.crashed and folder.result("one") is None  # a crashed run is run again on resume

@@ -85,10 +85,14 @@ class Engine:
         parent = self._parent_tracker()
         runs = self.runs(parent.run_id)
         done = {run.name: result for run in runs if (result := RunFolder(run.output_dir).result(run.name))}
-        executor = self.executor()
-        with self._signals_stop():
-            ran = {result.name: result for result in
-                   executor.run([run for run in runs if run.name not in done], self._stop, done)}
+        try:
+            with self._signals_stop():
+                ran = {result.name: result for result in
+                       self.executor().run([run for run in runs if run.name not in done], self._stop, done)}
+        except BaseException as error:  # a second Ctrl-C, or an executor that could not start
+            parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
+                          f"{type(error).__name__}: {error}")
+            raise
         results = [done.get(run.name) or ran[run.name] for run in runs if run.name in done or run.name in ran]
         for result in results:
             if result.name in ran and result.status == "FAILED":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,12 @@ class RunFolder:
 
 
 class StatusSink(Sink):
-    """``status.json``: the run's status as it changes (RUNNING at the start, the outcome at the end)."""
+    """``status.json``: the run's status as it changes (RUNNING at the start, the outcome at the end),
+    with the process and host that ran it."""
 
     def __init__(self, folder: RunFolder, run_id: str | None):
         self.folder, self.run_id = folder, run_id
 
     def status(self, status: str, message: str = "", **details: Any) -> None:
-        self.folder.write_status(status=status, run_id=self.run_id, message=message, **details)
+        self.folder.write_status(status=status, run_id=self.run_id, message=message, pid=os.getpid(),
+                                 host=socket.gethostname(), **details)

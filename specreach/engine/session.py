@@ -23,8 +23,6 @@ engine state), so any executor can call it in another process or on another mach
 from __future__ import annotations
 
 import math
-import os
-import socket
 from typing import Any, Callable
 
 import torch
@@ -144,7 +142,7 @@ class RunSession:
             self.sink.load_state_dict({})  # a fresh start: nothing recorded by an earlier attempt stays
         self.folder.write_description({"name": run.name, **tags, "steps": self.steps, "sweep": run.sweep,
                                        "run_spec": run.model_dump(mode="json")})
-        self.sink.status("RUNNING", step=self.step, pid=os.getpid(), host=socket.gethostname())
+        self.sink.status("RUNNING", step=self.step)
         self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar)
 
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:

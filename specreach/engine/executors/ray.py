@@ -85,8 +85,12 @@ class RayExecutor(Executor):
     Params = RayParams
 
     def run(self, runs, stop, done=None):
-        ray = import_ray()
         params = self.params
+        if params.address is None:
+            # A local instance serves this machine only: Ray's single-node mode keeps it on the loopback
+            # interface (read when Ray is imported, so it applies where this is the first use of Ray).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray = import_ray()
         plan = Plan(runs, done)
         started_here = not ray.is_initialized()
         if started_here:

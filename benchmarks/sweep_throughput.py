@@ -1,0 +1,82 @@
+"""Sweep throughput of the executors, in one process: the same 8-run CPU sweep through
+
+1. ``local`` (one run after another, in this process): the baseline;
+2. ``processes`` with 2 workers;
+3. ``ray`` on a local instance with 2 CPUs (started and stopped inside the timing).
+
+Every run uses 1 torch thread (``train.threads: 1``) and tracks to a SQLite MLflow store, as a
+user's sweep would. Timed: the executor running the 8 runs, from a clean output folder each
+time (the spec's parent run and the end-of-sweep plots, the same for every executor, are left
+out). Printed: wall time, speed-up over ``local``, and the overhead per run — the wall time
+beyond a perfect split of the local time over the 2 slots, per run: (2·T − T_local) / 8.
+
+Goals: ≥ 1.8× for 2 workers on 2 cores; Ray's overhead per run < 2 s.
+
+    python benchmarks/sweep_throughput.py [--steps 150] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from specreach.config import load_spec  # noqa: E402
+from specreach.engine import Engine  # noqa: E402
+
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "quickstart.yaml"
+EXECUTORS = {
+    "local": "execution={kind: local}",
+    "processes, 2 workers": "execution={kind: processes, params: {workers: 2}}",
+    "ray, local instance, 2 CPUs": "execution={kind: ray, params: {address: null, local_cpus: 2, cpus_per_run: 1}}",
+}
+
+
+def sweep(steps: int, executor: str, output: Path) -> Engine:
+    """8 runs: 2 sizes × 4 seeds of a small Llama on the built-in text, quick-start measurement."""
+    return Engine(load_spec(SPEC, [
+        f"output={output}", "model.sizes={small: {hidden: 32, ff: 86}, medium: {hidden: 48, ff: 128}}",
+        "train.lr_per_size={}", f"train.steps={steps}", "train.seeds=4", "train.threads=1",
+        "measure.schedule={windows: 4, steps_per_window: 2}", executor]))
+
+
+def timed(engine: Engine) -> float:
+    runs = engine.runs()
+    start = time.perf_counter()
+    results = engine.executor().run(runs, threading.Event(), {})
+    seconds = time.perf_counter() - start
+    failed = [r for r in results if r.status != "FINISHED"]
+    assert len(results) == len(runs) == 8 and not failed, failed
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="specreach-sweep-"))
+    times: dict[str, list[float]] = {name: [] for name in EXECUTORS}
+    for repeat in range(args.repeats):
+        for index, (name, executor) in enumerate(EXECUTORS.items()):
+            engine = sweep(args.steps, executor, workdir / f"{repeat}-{index}")
+            engine.root.mkdir(parents=True)
+            times[name].append(timed(engine))
+    local = min(times["local"])
+    print(f"8 runs (2 Llama sizes × 4 seeds, {args.steps} steps, quick-start measurement, SQLite tracking), "
+          f"1 torch thread per run, {os.cpu_count()} cores; best of {args.repeats}")
+    print(f"{'executor':<30} {'seconds':>8} {'speed-up':>9} {'overhead/run':>13}")
+    for name, values in times.items():
+        best = min(values)
+        overhead = f"{(2 * best - local) / 8:+.2f} s" if name != "local" else "-"
+        print(f"{name:<30} {best:8.1f} {local / best:8.2f}× {overhead:>13}")
+    print("goals: processes ≥ 1.80× with 2 workers; ray overhead per run < 2 s")
+
+
+if __name__ == "__main__":
+    main()
