@@ -14,9 +14,16 @@ plain training step (forward, cross-entropy backward, AdamW):
 - peak tensor memory (allocations traced by the autograd profiler) of a training step and
   of a measurement.
 
-    python benchmarks/lnp_cost.py [--probes 8] [--repeats 5] [--device cuda] [--paper-scale]
+- the figure of merit: compute (in training steps) to reach 1 % relative standard error on N and
+  on P, from the spread of repeated independent measurements (not the reported SE):
+  cost × (relative SD / 1 %)².
 
-``--paper-scale`` uses the paper's 15.5M-parameter SimpleStories model at context 512.
+    python benchmarks/lnp_cost.py [--probes 8] [--repeats 5] [--device cuda] [--paper-scale]
+                                  [--threads 1 --clock cpu]
+
+``--paper-scale`` uses the paper's 15.5M-parameter SimpleStories model at context 512 (and
+``--params 134m`` the 134M one). ``--clock cpu`` times this process's CPU seconds instead of the
+wall clock, which other processes on a shared machine disturb far less (use it with one thread).
 """
 
 from __future__ import annotations
@@ -57,15 +64,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn, repeats, device):
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -128,11 +138,21 @@ def main() -> None:
     parser.add_argument("--paper-scale", action="store_true")
     parser.add_argument("--skip-straightforward", action="store_true")
     parser.add_argument("--skip-tied", action="store_true")
+    parser.add_argument("--params", choices=["15.5m", "134m"], default="15.5m", help="size at --paper-scale")
+    parser.add_argument("--rse-repeats", type=int, default=12, help="independent measurements for the figure of merit")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    if args.paper_scale:  # Table 1, 15.5M: 8 layers, hidden 384, FF 1024, 6 heads
-        config, batch, context = LlamaConfig(vocab=4096, layers=8, hidden=384, ff=1024, heads=6, context=512), 32, 512
+    if args.paper_scale and args.params == "134m":  # Table 1, 134M: 18 layers, hidden 768, FF 2048, 12 heads
+        config, batch, context = LlamaConfig(vocab=4096, layers=18, hidden=768, ff=2048, heads=12, context=512), 32, 512
+    elif args.paper_scale:  # Table 1, 15.5M: 7 layers, hidden 384, FF 1024, 5 heads
+        config, batch, context = LlamaConfig(vocab=4096, layers=7, hidden=384, ff=1024, heads=5, context=512), 32, 512
     else:
         config, batch, context = LlamaConfig(vocab=4096, layers=4, hidden=96, ff=256, heads=2, context=128), 32, 128
     model = Llama(config).to(device)
@@ -228,6 +248,20 @@ def main() -> None:
     if not args.skip_straightforward:
         straightforward = dict(rows)[f"straightforward: cross-batch measurement, K = {args.probes} per batch"]
         print(f"gain of specreach over straightforward, full measurement: {straightforward / rows[2][1]:.2f}×")
+
+    # The figure of merit: independent measurements at the same weights and batches.
+    repeats = []
+    for seed in range(args.rse_repeats):
+        independent = torch.Generator(device=device).manual_seed(1000 + seed)
+        repeats.append(measure_lnp_at_step(
+            model, token_cross_entropy, batch_a, batch_b, grad_a=[p.grad for p in params],
+            outputs_a=state["logits"], estimator="hutchinson", probes=args.probes, generator=independent))
+    cost = t_measure / t_step
+    for name, attribute in (("N", "network_magnitude"), ("P", "spectral_position")):
+        values = [getattr(r, attribute) for r in repeats]
+        spread = statistics.stdev(values) / abs(statistics.fmean(values))
+        print(f"{name}: relative SD over {len(values)} independent measurements {spread:.2%}; compute to 1 % "
+              f"relative error: {cost * (spread / 0.01) ** 2:.2f} training steps")
 
     result = state["result"]
     print(f"last measurement: P = {result.spectral_position:.3e} ± {result.spectral_position_stderr:.1e}, "

@@ -91,3 +91,20 @@ def test_plain_hutchinson_probes_through_the_head(float64):
     assert not any(path.startswith("closed form") for path in plain.paths.values())
     assert default.paths["output.weight"].startswith("closed form of the linear readout 'output'")
     assert plain.chi_net_a_stderr > default.chi_net_a_stderr
+
+
+def test_adaptive_probes_stop_at_the_target_error(float64):
+    model, loss_fn, batch_a, batch_b = cases.build("llama")
+    exact = measure_lnp(model, loss_fn, batch_a, batch_b, estimator="exact")
+    result = measure_lnp(model, loss_fn, batch_a, batch_b, estimator="hutchinson", probes=2, target_rse=0.02,
+                         max_probes=400, generator=torch.Generator().manual_seed(2))
+    for which in ("a", "b"):
+        used = result.extras[f"probes_{which}"]
+        value, stderr = getattr(result, f"chi_net_{which}"), getattr(result, f"chi_net_{which}_stderr")
+        assert 2 < used < 400 and stderr <= 0.02 * value
+        assert abs(value - getattr(exact, f"chi_net_{which}")) < 4 * stderr
+    capped = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=2, target_rse=1e-6,
+                         max_probes=5, generator=torch.Generator().manual_seed(2))
+    assert capped.extras["probes_a"] == 5
+    plain = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=3)
+    assert plain.extras["probes_a"] == 3

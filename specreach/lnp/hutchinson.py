@@ -13,6 +13,9 @@ For a language model the output layer's share of χ_net is computed exactly and 
 are drawn in the head's input space (``specreach.lnp.probes``), so only the layers below the
 head carry probe noise.
 
+Adaptive K (``target_rse``): after K probes, more are drawn until χ_net's relative standard error
+reaches the target or ``max_probes``; ``result.extras`` reports ``probes_a`` and ``probes_b``.
+
 Default K = 8. Each probe costs about half a training step (an activation-only backward
 sharing one forward), so K = 8 keeps a cross-batch measurement near twelve training steps.
 The relative error falls like 1/√K and, with n samples of a batch contributing
@@ -44,6 +47,13 @@ class HutchinsonParams(BaseModel):
         description="'exact': a linear readout's share of χ_net in closed form, probes in its input space; "
                     "'probed': plain Hutchinson, probes through the readout too (more variance, as in the paper).",
     )
+    target_rse: float | None = Field(
+        None, gt=0, lt=1,
+        description="Adaptive K: after the first `probes` probes, keep drawing until χ_net's relative standard "
+                    "error on each batch is at most this (e.g. 0.01), or max_probes is reached; the probes used "
+                    "are reported as probes_a / probes_b.",
+    )
+    max_probes: int = Field(64, ge=2, description="The most probes per batch an adaptive measurement draws.")
 
 
 class Hutchinson(PerSampleNormEstimator):
@@ -56,4 +66,11 @@ class Hutchinson(PerSampleNormEstimator):
         accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact")
         for _ in range(problem.probes):
             accumulator.add_rademacher(problem.generator)
-        return accumulator.averaged()
+        chi_net = accumulator.averaged()
+        target = self.params.target_rse
+        if target is None:
+            return chi_net
+        while len(accumulator.per_probe) < self.params.max_probes and not chi_net.stderr <= target * chi_net.value:
+            accumulator.add_rademacher(problem.generator)
+            chi_net = accumulator.averaged()
+        return chi_net

@@ -119,7 +119,7 @@ class ProbeAccumulator:
             total = float(variances.sum())
             dof = total**2 / float(variances.square().sum() / (probes - 1)) if total > 0 else math.inf
             stderr = math.sqrt(total) * t_widening(dof)
-        return ChiNet(value, stderr, self._groups(1.0 / probes), dof)
+        return ChiNet(value, stderr, self._groups(1.0 / probes), dof, probes)
 
     def _groups(self, scale: float) -> dict[str, float]:
         groups = {group: float(value) * scale for group, value in self.by_group.items()}

@@ -23,6 +23,8 @@ class ChiNet:
     by_group: Mapping[str, float] = field(default_factory=dict)
     #: Degrees of freedom of the standard error (Welch–Satterthwaite); NaN when exact.
     dof: float = NAN
+    #: Random probes drawn for this batch (None: exact).
+    probes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,10 @@ def assemble_result(
     step_gradient_reused: bool = False,
 ) -> LNPResult:
     """Combine the per-batch quantities into D, L, N, P and their normalized forms."""
+    extras = dict(extras or {})
+    if chi_net_a.probes is not None:  # the probes each batch used (adaptive K may differ from `probes`)
+        extras.setdefault("probes_a", float(chi_net_a.probes))
+        extras.setdefault("probes_b", float(chi_net_b.probes))
     loss_magnitude = math.sqrt(chi_loss_a * chi_loss_b)
     network_magnitude = math.sqrt(chi_net_a.value * chi_net_b.value)
     spectral_position = _ratio(grad_dot, loss_magnitude * network_magnitude)
@@ -176,7 +182,7 @@ def assemble_result(
         network_magnitude_by_group=by_group,
         eigenvalues=eigenvalues,
         projections=projections,
-        extras=extras or {},
+        extras=extras,
         paths=paths or {},
         step_gradient_reused=step_gradient_reused,
     )
