@@ -91,6 +91,7 @@ def test_engine_from_python_returns_metrics_run_ids_and_paths(tmp_path):
     assert "eval_loss" in table and math.isfinite(table["eval_loss"].dropna().iloc[-1])
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_equal_an_uninterrupted_run(tmp_path):
     spec_path = write_spec(tmp_path, train={**TINY_SPEC["train"], "steps": 40, "checkpoint_every": 10},
                            model={**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}})
@@ -177,6 +178,7 @@ def mlflow_server(tmp_path):
     server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_runs_reach_a_real_mlflow_server(tmp_path, mlflow_server):
     spec_path = write_spec(tmp_path, model={**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}})
     done = cli("run", spec_path, "--output", tmp_path / "out", "--tracking-uri", mlflow_server)
