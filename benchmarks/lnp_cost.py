@@ -8,9 +8,9 @@ plain training step (forward, cross-entropy backward, AdamW):
   with K probes per batch reusing the step's gradient on A (``measure_lnp_at_step``);
 - straightforward: Opacus ``GradSampleModule`` materializing per-sample gradients, a fresh
   forward per probe, and separate gradient passes for D on A and on B;
-- the general path: the same model with its head tied functionally to the embedding
-  (``logits = h @ embedding.weight.T``, nanoGPT's shape), whose embedding weight needs a
-  per-sample VJP of the whole model for every probe (``--skip-tied`` leaves it out);
+- a tied head: the same model with its head tied functionally to the embedding
+  (``logits = h @ embedding.weight.T``, nanoGPT's shape), whose embedding weight's two uses are
+  op rules with materialized per-sample gradients (``--skip-tied`` leaves it out);
 - peak tensor memory (allocations traced by the autograd profiler) of a training step and
   of a measurement.
 
@@ -239,9 +239,9 @@ def main() -> None:
             )
 
         tied_step_gradient()
-        rows.append((f"general path, tied-head GPT: cross-batch measurement, K = {args.probes}",
+        rows.append((f"tied-head GPT (op rules): cross-batch measurement, K = {args.probes}",
                      timed(tied_measurement, max(1, args.repeats // 2), device)))
-        assert tied_state["result"].paths["embedding.weight"].startswith("enclosing VJP")
+        assert tied_state["result"].paths["embedding.weight"].startswith("op rules")
     print(f"{'what':<66} {'seconds':>8} {'× step':>7}")
     for name, seconds in rows:
         print(f"{name:<66} {seconds:8.3f} {seconds / t_step:7.2f}")

@@ -78,8 +78,25 @@ def test_self_check_agrees_on_it(float64, case):
 def test_paths_say_where_each_parameter_was_seen(float64):
     model, loss_fn, batch_a, _, _, _ = build("nanogpt_tied", cross=False)
     paths = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=2).paths
-    assert paths["wte.weight"].startswith("enclosing VJP of '<NanoGPTTied model>'")
+    assert paths["wte.weight"] == "op rules: embedding (embedding in 'wte') + linear (matmul in '<NanoGPTTied model>')"
     assert paths["block.1.weight"].startswith("Linear layer rule")
+    model, loss_fn, batch_a, _, _, _ = build("vit_more_classes_than_width", cross=False)
+    paths = measure_lnp(model, loss_fn, batch_a).paths
+    assert paths["cls_token"] == "op rules: broadcast (expand in '<ViT model>')"
+    assert paths["pos_embed"] == "op rules: broadcast (add in '<ViT model>')"
+    assert paths["head.weight"].startswith("closed form of the linear readout 'head'")
+    model, loss_fn, batch_a, _, _, _ = build("forward_bypass", cross=False)
+    assert measure_lnp(model, loss_fn, batch_a).paths["inner.weight"] == "op rules: linear (linear in '<ForwardBypass model>')"
+    model, loss_fn, batch_a, _, _, _ = build("functional_ops", cross=False)
+    paths = measure_lnp(model, loss_fn, batch_a).paths
+    assert paths["table"] == "op rules: embedding (embedding in '<FunctionalOps model>')"
+    assert paths["proj"] == "op rules: matmul (matmul in '<FunctionalOps model>')"
+    assert paths["shift"] == "op rules: broadcast (sub in '<FunctionalOps model>')"
+    assert paths["scale"] == "op rules: broadcast (mul in '<FunctionalOps model>')"
+    model, loss_fn, batch_a, _, _, _ = build("multihead_attention", cross=False)
+    paths = measure_lnp(model, loss_fn, batch_a).paths
+    # The attention returns a tuple, so the enclosing per-sample call is the model itself.
+    assert paths["attention.out_proj.weight"].startswith("enclosing VJP of '<AttentionNet model>'")
     model, loss_fn, batch_a, _, _, _ = build("weight_norm", cross=False)
     paths = measure_lnp(model, loss_fn, batch_a).paths
     assert paths["hidden.parametrizations.weight.original0"].startswith("enclosing VJP of 'hidden'")
@@ -185,7 +202,7 @@ def test_self_check_catches_a_gap_in_the_fast_path(float64, monkeypatch):
 
     monkeypatch.setattr(PerSampleNormTape, "squared_norms", dropping_the_embedding)
     model, loss_fn, batch_a, _, _, _ = user_models.build("nanogpt_tied")
-    with pytest.raises(VerificationError, match=r"wte \(outputs\): fast 0, reference .*wte.weight: enclosing VJP"):
+    with pytest.raises(VerificationError, match=r"wte \(outputs\): fast 0, reference .*wte.weight: op rules"):
         measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", verify=True)
 
 
@@ -265,7 +282,8 @@ def test_embeddings_that_couple_or_change_are_refused(options, message):
 
 
 def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():
-    """A tied use inside a forward with data-dependent Python control flow cannot be vmapped."""
+    """A tied use without an op rule (einsum), in a forward with data-dependent Python control flow:
+    the per-sample VJP of the model cannot be vmapped."""
 
     class Branching(nn.Module):
         def __init__(self):
@@ -276,7 +294,7 @@ def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():
             h = torch.tanh(self.encoder(x))
             if h.sum() > 0:  # a Python branch on the data
                 h = h * 2
-            return F.linear(h, self.encoder.weight.t())
+            return torch.einsum("bc,ci->bi", h, self.encoder.weight)
 
     torch.manual_seed(0)
     batch = (torch.randn(4, 4), torch.randn(4, 4))

@@ -187,6 +187,24 @@ class UnusedParameters(nn.Module):
         return self.body(x) * self.detached_scale.detach()
 
 
+class FunctionalOps(nn.Module):
+    """Root-owned parameters through functions only: an embedding table with a padding row,
+    ``x @ W``, ``torch.sub(..., alpha=0.5)`` and a broadcast product."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(VOCAB, 4))
+        self.proj = nn.Parameter(torch.randn(4, 5) * 0.5)
+        self.shift = nn.Parameter(torch.randn(5))
+        self.scale = nn.Parameter(torch.randn(1, 5))
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, tokens):
+        h = torch.tanh(F.embedding(tokens, self.table, padding_idx=0) @ self.proj)
+        h = torch.sub(h, self.shift, alpha=0.5) * self.scale
+        return self.out(h.mean(1))
+
+
 class DropoutMLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -279,6 +297,15 @@ def multihead_attention():
     return model, F.cross_entropy, batch(4), batch(3), None, None
 
 
+def functional_ops():
+    model = FunctionalOps()
+    def batch(n):
+        tokens = _tokens(n)
+        tokens[:, -1] = 0
+        return tokens, torch.randint(0, 3, (n,))
+    return model, F.cross_entropy, batch(4), batch(3), None, None
+
+
 def shared_block():
     return _classification(SharedBlockNet(), inputs=5)
 
@@ -321,6 +348,7 @@ CASES = {
     "weight_norm": weight_norm,
     "keyword_inputs": keyword_inputs,
     "multihead_attention": multihead_attention,
+    "functional_ops": functional_ops,
     "shared_block": shared_block,
     "unused_parameters": unused_parameters,
     "dropout_mlp": dropout_mlp,

@@ -8,12 +8,16 @@ of these paths:
   (``nn.Linear``, ``nn.Embedding``, norms, convolutions …, matched by exact type), applied
   per-sample. The rule sees the call's input and output gradient: ghost norms or materialized
   per-sample gradients, no second forward.
-- **module VJP**: used only inside calls of its own module, a module without a rule (e.g. the
-  root of timm's ViT, which owns ``cls_token`` and ``pos_embed``): a per-sample vector-Jacobian
-  product of that call (``torch.func``), which re-runs the call and so sees every use inside it.
-- **enclosing VJP**: any other case — a tied head ``h @ wte.weight.T``, a submodule called with
-  ``.forward()``, a parametrization, a parameter passed to another module: the per-sample VJP of
-  the innermost per-sample call that encloses every use and holds the parameter.
+- **op rules**: otherwise, when every torch function that received it has a per-sample rule
+  (:mod:`specreach.lnp.op_rules`: broadcast add/mul and expand, as for timm ViT's ``pos_embed``
+  and ``cls_token``; ``F.linear``/matmul, as for a tied head ``h @ wte.weight.T`` or a submodule
+  called with ``.forward()``; ``F.embedding``): each use's rule, on that function's output gradient.
+- **module VJP**: used only inside calls of its own module, a module without a rule: a per-sample
+  vector-Jacobian product of that call (``torch.func``), which re-runs the call and so sees every
+  use inside it.
+- **enclosing VJP**: any other case — a parametrization, ``nn.MultiheadAttention``'s functional
+  use of ``out_proj``, a parameter passed to another module: the per-sample VJP of the innermost
+  per-sample call that encloses every use and holds the parameter.
 - **unused**: no torch function received it, so its Jacobian is zero.
 
 A parameter used by several calls (a module applied twice, weights tied between modules) has
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 
 from specreach.lnp import opacus_rules
 from specreach.lnp.forward_record import ForwardRecorder, ModuleCall, is_batched
+from specreach.lnp.op_rules import OpRule, classify
 
 GRAD_SAMPLERS = GradSampleHooks.GRAD_SAMPLERS
 NORM_SAMPLERS = GradSampleHooksFastGradientClipping.NORM_SAMPLERS
@@ -58,13 +63,15 @@ class RuleCall:
 @dataclass
 class CoveragePlan:
     rule_calls: list[RuleCall]
+    op_rules: list[OpRule]
     #: ids of parameters with more than one contributing call: materialize, sum, then take the norm
     summed: set[int]
     #: parameter name -> how its per-sample gradient is computed (for ``LNPResult.paths``)
     paths: dict[str, str]
 
-    def calls(self) -> list[ModuleCall]:
-        return [rule.call for rule in self.rule_calls]
+    def targets(self) -> list[tuple[object, int]]:
+        """(tensor whose gradient a rule needs, the tick it was computed at) of every rule."""
+        return [(r.call.output, r.call.end) for r in self.rule_calls] + [(r.use.output, r.use.tick) for r in self.op_rules]
 
 
 def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter], n: int) -> CoveragePlan:
@@ -79,8 +86,13 @@ def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter
     for call in record.calls:
         for pid in call.uses:
             uses.setdefault(pid, []).append(call)
+    op_uses: dict[int, list] = {}
+    for use in record.op_uses:
+        for pid in {operand[0] for operand in use.operands}:
+            op_uses.setdefault(pid, []).append(use)
 
     rule_calls: dict[tuple[int, bool], RuleCall] = {}
+    op_rules: list[OpRule] = []
     contributions: dict[int, int] = {}
     paths: dict[str, str] = {}
     for pid, name in names.items():
@@ -88,6 +100,13 @@ def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter
             paths[name] = "unused: no operation of the forward received it, so its Jacobian is zero"
             continue
         covering = _own_calls(uses[pid], owners.get(pid, []), pid, n)
+        if covering is None or any(vjp for _, vjp in covering):
+            rules = _op_rules(op_uses.get(pid, []), pid, parameters[name], n)
+            if rules is not None:
+                op_rules.extend(rules)
+                contributions[pid] = len(rules)
+                paths[name] = "op rules: " + " + ".join(sorted(f"{r.kind} ({r.name})" for r in rules))
+                continue
         if covering is None:
             enclosing = _enclosing_call(uses[pid], pid, n, name)
             covering = [(enclosing, True)]
@@ -101,7 +120,26 @@ def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter
             rule.parameters[_local_name(call.module, pid, name)] = parameters[name]
         contributions[pid] = len(covering)
     summed = {pid for pid, count in contributions.items() if count > 1}
-    return CoveragePlan(list(rule_calls.values()), summed, paths)
+    return CoveragePlan(list(rule_calls.values()), op_rules, summed, paths)
+
+
+#: Op rules materialize per-sample gradients; beyond this many entries (n · parameter size) a
+#: parameter takes the VJP path, which chunks nothing either but re-runs only what it must.
+_OP_RULE_LIMIT = 2**28
+
+
+def _op_rules(uses: list, pid: int, parameter: nn.Parameter, n: int) -> list[OpRule] | None:
+    """A rule for every use of the parameter, or None if one use has none."""
+    if not uses or n * parameter.numel() > _OP_RULE_LIMIT:
+        return None
+    rules = []
+    for use in uses:
+        rule = classify(use, pid, parameter, n)
+        if rule is None:
+            return None
+        if rule != "view":
+            rules.append(rule)
+    return rules or None
 
 
 def _own_calls(use_calls: list[ModuleCall], owners: list[nn.Module], pid: int, n: int):

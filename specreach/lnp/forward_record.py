@@ -6,8 +6,10 @@ module that owns it. A parameter can also be used where those hooks cannot see i
 tied head (``h @ wte.weight.T``), through a parametrization, in a submodule called with
 ``.forward()`` (no hooks run), or in a forward hook. :class:`ForwardRecorder` watches every
 torch function call of the forward (a ``TorchFunctionMode``) and notes, for each trainable
-parameter passed to one, the innermost module call running at that moment. The coverage plan
-(:mod:`specreach.lnp.coverage`) then decides from the record which rule sees every use.
+parameter passed to one, the innermost module call running at that moment. It also keeps each such
+function call (an :class:`OpUse`), so that simple uses outside any layer rule can get a rule of
+their own (:mod:`specreach.lnp.op_rules`). The coverage plan (:mod:`specreach.lnp.coverage`)
+then decides from the record which rule sees every use.
 
 Our hooks are prepended, so a call's recorded output is the module's own result even when a
 user's forward hook replaces it afterwards.
@@ -65,6 +67,49 @@ class ModuleCall:
         return is_batched(self.output, n) and bool(self.batched_tensors(n))
 
 
+@dataclass(eq=False)
+class OpUse:
+    """One torch function that received a trainable parameter (or a transpose of one)."""
+
+    func: Any
+    args: tuple
+    kwargs: dict
+    output: Any
+    call: ModuleCall | None  # the innermost module call running
+    tick: int  # when it ran, on the clock of module call starts and ends
+    operands: list[tuple[int, tuple, bool]]  # (parameter id, ("arg", i) / ("kw", name), transposed)
+    differentiable: bool  # grad mode on and the output in the graph (not inside a custom Function's forward)
+    is_transpose: bool  # a 2-D transpose: its result stands for the parameter (transposed) in later uses
+    version: int = 0
+
+
+#: 2-D transposes; a parameter's transpose is tracked so that ``h @ W.T`` is seen as a use of W.
+_TRANSPOSES = (torch.Tensor.T.__get__, torch.Tensor.mT.__get__, torch.Tensor.t, torch.t)
+_TRANSPOSE_DIMS = (torch.Tensor.transpose, torch.transpose)
+
+
+def _is_transpose(func, args: tuple, kwargs: dict) -> bool:
+    if not args or not isinstance(args[0], Tensor) or args[0].dim() != 2:
+        return False
+    if func in _TRANSPOSES:
+        return True
+    if func in _TRANSPOSE_DIMS:
+        dims = [*args[1:], *kwargs.values()]
+        return len(dims) == 2 and {d % 2 for d in dims} == {0, 1}
+    return False
+
+
+def _operands(args: tuple, kwargs: dict):
+    for i, value in enumerate(args):
+        if isinstance(value, (list, tuple)):
+            for j, item in enumerate(value):
+                yield ("arg", i, j), item
+        else:
+            yield ("arg", i), value
+    for key, value in kwargs.items():
+        yield ("kw", key), value
+
+
 def is_batched(value: Any, n: int) -> bool:
     return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n
 
@@ -91,15 +136,18 @@ class _ParameterUses(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _METADATA:
             return func(*args, **kwargs)
-        tracked = self.recorder.parameter_ids
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, (list, tuple)):
-                for item in value:
-                    if id(item) in tracked:
-                        self.recorder.note_use(id(item))
-            elif id(value) in tracked:
-                self.recorder.note_use(id(value))
-        return func(*args, **kwargs)
+        recorder = self.recorder
+        operands = []
+        for position, value in _operands(args, kwargs):
+            if id(value) in recorder.parameter_ids:
+                operands.append((id(value), position, False))
+            elif id(value) in recorder.transposes:
+                pid, transposed = recorder.transposes[id(value)]
+                operands.append((pid, position, transposed))
+        output = func(*args, **kwargs)
+        if operands:
+            recorder.note_op(func, args, kwargs, output, operands)
+        return output
 
 
 class ForwardRecorder:
@@ -120,6 +168,10 @@ class ForwardRecorder:
         self.model = model
         self.parameter_ids = {id(p) for p in parameters.values()}
         self.calls: list[ModuleCall] = []
+        self.op_uses: list[OpUse] = []
+        #: id of a parameter's 2-D transpose made during the forward -> (parameter id, transposed)
+        self.transposes: dict[int, tuple[int, bool]] = {}
+        self._kept: list[Tensor] = []  # the transposes themselves, so that their ids stay theirs
         self._stack: list[ModuleCall] = []
         self._clock = 0
         self._handles: list[torch_hooks.RemovableHandle] = []
@@ -129,12 +181,27 @@ class ForwardRecorder:
     def root(self) -> ModuleCall:
         return self.calls[0]
 
-    def note_use(self, parameter_id: int) -> None:
-        if self._stack:
-            self._stack[-1].uses.add(parameter_id)
+    def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list) -> None:
+        call = self._stack[-1] if self._stack else None
+        if call is None:
+            return  # the measurement's own code, outside the model
+        for pid, _, _ in operands:
+            call.uses.add(pid)
+        transpose = len(operands) == 1 and operands[0][1] == ("arg", 0) and _is_transpose(func, args, kwargs)
+        differentiable = torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad
+        use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose,
+                    output._version if isinstance(output, Tensor) else 0)
+        self.op_uses.append(use)
+        if transpose and isinstance(output, Tensor):
+            pid, _, transposed = operands[0]
+            self.transposes[id(output)] = (pid, not transposed)
+            self._kept.append(output)
 
     def __enter__(self) -> "ForwardRecorder":
         self.calls.clear()
+        self.op_uses.clear()
+        self.transposes.clear()
+        self._kept.clear()
         self._stack.clear()
         for path, module in self.model.named_modules():
             self._handles.append(module.register_forward_pre_hook(self._pre_hook(path), prepend=True))
@@ -153,6 +220,9 @@ class ForwardRecorder:
     def clear(self) -> None:
         """Drop the recorded calls (and with them the activations they keep alive)."""
         self.calls.clear()
+        self.op_uses.clear()
+        self.transposes.clear()
+        self._kept.clear()
 
     def _tick(self) -> int:
         self._clock += 1

@@ -91,10 +91,10 @@ class PerSampleNormTape:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
-            others = [r.call for r in self.plan.rule_calls if r.call is not call]
+            others = [tick for target, tick in self.plan.targets() if target is not call.output]
             if (len(calls_of_module) == 1 and len(rule.parameters) == len(own)
                     and not any(id(p) in self.plan.summed for p in own)
-                    and all(other.end < call.start for other in others)):
+                    and all(tick < call.start for tick in others)):
                 return LinearReadout(call, self.param_names)
         return None
 
@@ -105,14 +105,15 @@ class PerSampleNormTape:
         readout's own parameters out (their share is computed in closed form).
         """
         rules = [rule for rule in self.plan.rule_calls if skip is None or rule.call is not skip.call]
-        for rule in rules:
-            if rule.call.output._version != rule.call.version:
+        op_rules = self.plan.op_rules
+        for output, version, where in [*((r.call.output, r.call.version, f"module '{r.call.name}'") for r in rules),
+                                       *((r.use.output, r.use.version, r.name) for r in op_rules)]:
+            if output._version != version:
                 raise RuntimeError(
-                    f"the output of module '{rule.call.name}' was modified in place after it was computed, so its "
-                    "gradient cannot be recovered; make the operation that follows it out of place "
-                    "(e.g. inplace=False)."
+                    f"the output of {where} was modified in place after it was computed, so its gradient cannot "
+                    "be recovered; make the operation that follows it out of place (e.g. inplace=False)."
                 )
-        targets = list({id(rule.call): rule.call.output for rule in rules}.values())
+        targets = list({id(t): t for t in [*(r.call.output for r in rules), *(r.use.output for r in op_rules)]}.values())
         backprops = dict(zip(
             [id(t) for t in targets],
             torch.autograd.grad(outputs, targets, grad_outputs=vectors, retain_graph=True, allow_unused=True),
@@ -131,6 +132,12 @@ class PerSampleNormTape:
                         norms[self.param_names[pid]] = value.square()
                     else:
                         summed_grads[pid] = summed_grads[pid] + value if pid in summed_grads else value
+            for rule in op_rules:
+                backprop = backprops[id(rule.use.output)]
+                if backprop is not None:
+                    pid = id(rule.parameter)
+                    grad = rule.per_sample(backprop, n)
+                    summed_grads[pid] = summed_grads[pid] + grad if pid in summed_grads else grad
             for pid, grads in summed_grads.items():
                 norms[self.param_names[pid]] = grads.reshape(n, -1).square().sum(dim=1)
         return norms

@@ -1,0 +1,143 @@
+"""Per-sample gradients of parameters used directly in torch functions, outside a layer rule.
+
+A root-owned ``pos_embed`` added to the tokens, a ``cls_token`` expanded over the batch, a head
+tied to the embedding (``h @ wte.weight.T``), a decoder ``F.linear(h, enc.weight.t())``: each
+use is one torch function whose per-sample gradient has a closed form in that function's inputs
+and its output gradient G (batch-first):
+
+- ``add``/``sub``/``mul`` with a parameter broadcast over the batch, and ``expand``: G (times the
+  other operand, for ``mul``) summed over the broadcast dims, per sample;
+- ``F.linear(x, W, b)`` and ``x @ W`` with W the parameter or its transpose: Σ_t g_t x_tᵀ;
+- ``F.embedding``: G's rows scattered to the tokens' rows (``padding_idx`` rows get none).
+
+When every use of a parameter has a rule, these replace a per-sample VJP that would re-run the
+whole enclosing call (often the model) for every probe. Anything else falls back to that VJP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from specreach.lnp.forward_record import OpUse, is_batched
+
+_ADD = {torch.Tensor.add, torch.add}
+_SUB = {torch.Tensor.sub, torch.sub}
+_MUL = {torch.Tensor.mul, torch.mul}
+_EXPAND = {torch.Tensor.expand, torch.Tensor.expand_as}
+_MATMUL = {torch.Tensor.matmul, torch.matmul}
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """One use of one parameter and how to turn the use's output gradient into per-sample gradients."""
+
+    kind: str  # "broadcast", "linear", "matmul", "embedding"
+    use: OpUse
+    parameter: Tensor
+    factor: float = 1.0  # broadcast: the sign / alpha of the operand
+    other: Any = None  # broadcast mul: the other operand; linear/matmul: the input; embedding: the tokens
+    transposed: bool = False  # the function received the parameter's transpose
+    bias: bool = False  # linear: the parameter is the bias
+
+    @property
+    def name(self) -> str:
+        func = getattr(self.use.func, "__name__", str(self.use.func))
+        return f"{func} in '{self.use.call.name}'" if self.use.call is not None else func
+
+    def per_sample(self, backprop: Tensor, n: int) -> Tensor:
+        """Per-sample gradients of the parameter from this use, shape (n, *parameter.shape)."""
+        if self.kind == "broadcast":
+            grad = backprop * self.factor if self.other is None else backprop * self.other
+            return _sum_to(grad, self.parameter.shape, n)
+        if self.kind == "embedding":
+            return _embedding(self, backprop, n)
+        inputs = self.other.reshape(n, -1, self.other.shape[-1]).to(backprop.dtype)
+        g = backprop.reshape(n, -1, backprop.shape[-1])
+        if self.bias:
+            return g.sum(dim=1)
+        if self.kind == "linear":  # out = x Wᵀ: ∂/∂W = Σ_t g_t x_tᵀ
+            grad = torch.bmm(g.transpose(1, 2), inputs)
+        else:  # matmul, out = x W: ∂/∂W = Σ_t x_t g_tᵀ
+            grad = torch.bmm(inputs.transpose(1, 2), g)
+        return grad.transpose(1, 2) if self.transposed else grad
+
+
+def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str | None":
+    """The rule for this use of the parameter; ``"view"`` for a transpose (its result is tracked and
+    its uses are classified instead); None when there is no rule (or the use is not per-sample)."""
+    operands = [(position, transposed) for p, position, transposed in use.operands if p == pid]
+    if len(operands) != 1 or not use.differentiable:
+        return None
+    (position, transposed), func = operands[0], use.func
+    if use.is_transpose:
+        return "view"
+    if not is_batched(use.output, n):
+        return None
+    args, kwargs = use.args, use.kwargs
+    if func in _ADD | _SUB | _MUL | _EXPAND:
+        if transposed or position not in (("arg", 0), ("arg", 1)) or not _broadcast_over_batch(parameter, use.output):
+            return None
+        if func in _EXPAND:
+            return OpRule("broadcast", use, parameter) if position == ("arg", 0) else None
+        other = args[1 - position[1]] if len(args) == 2 else None
+        if func in _MUL:
+            if isinstance(other, (int, float)) and not isinstance(other, bool):
+                return OpRule("broadcast", use, parameter, factor=float(other))
+            return OpRule("broadcast", use, parameter, other=other) if isinstance(other, Tensor) else None
+        alpha = kwargs.get("alpha", 1)
+        sign = -1.0 if (func in _SUB and position == ("arg", 1)) else 1.0
+        return OpRule("broadcast", use, parameter, factor=sign * (alpha if position == ("arg", 1) else 1))
+    if func is F.linear:
+        inputs = args[0] if args else kwargs.get("input")
+        if not is_batched(inputs, n) or inputs.dim() < 2:
+            return None
+        if position in (("arg", 1), ("kw", "weight")):
+            return OpRule("linear", use, parameter, other=inputs, transposed=transposed)
+        if position in (("arg", 2), ("kw", "bias")) and not transposed:
+            return OpRule("linear", use, parameter, other=inputs, bias=True)
+        return None
+    if func in _MATMUL and position == ("arg", 1) and parameter.dim() == 2:
+        inputs = args[0]
+        if is_batched(inputs, n) and inputs.dim() >= 2:
+            # x @ Wᵀ is F.linear(x, W); x @ W is a matmul with the parameter itself.
+            return OpRule("linear" if transposed else "matmul", use, parameter, other=inputs)
+        return None
+    if func is F.embedding and position in (("arg", 1), ("kw", "weight")) and not transposed:
+        tokens = args[0] if args else kwargs.get("input")
+        options = dict(zip(("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"), args[2:]))
+        options.update(kwargs)
+        if options.get("max_norm") is not None or options.get("scale_grad_by_freq") or not is_batched(tokens, n):
+            return None
+        return OpRule("embedding", use, parameter, other=(tokens, options.get("padding_idx")))
+    return None
+
+
+def _broadcast_over_batch(parameter: Tensor, output: Tensor) -> bool:
+    """The parameter, right-aligned to the output, has size 1 (or no dim) at the batch dim."""
+    offset = output.dim() - parameter.dim()
+    return offset > 0 or (offset == 0 and parameter.shape[0] == 1)
+
+
+def _sum_to(grad: Tensor, shape: torch.Size, n: int) -> Tensor:
+    """Per sample, sum ``grad`` (n, ...) over the dims the parameter was broadcast along."""
+    aligned = (1,) * (grad.dim() - len(shape)) + tuple(shape)
+    dims = [d for d in range(1, grad.dim()) if aligned[d] == 1 and grad.shape[d] != 1]
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad.reshape(n, *shape)
+
+
+def _embedding(rule: OpRule, backprop: Tensor, n: int) -> Tensor:
+    tokens, padding_idx = rule.other
+    rows, width = rule.parameter.shape
+    g = backprop.reshape(n, -1, width)
+    tokens = tokens.reshape(n, -1)
+    if padding_idx is not None:
+        g = g * (tokens != (padding_idx % rows)).unsqueeze(-1).to(g.dtype)
+    grad = torch.zeros(n, rows, width, dtype=g.dtype, device=g.device)
+    return grad.scatter_add_(1, tokens.unsqueeze(-1).expand(-1, -1, width), g)
