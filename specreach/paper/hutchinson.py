@@ -108,19 +108,15 @@ def summary_json(summary: dict) -> dict:
 
 
 def plot_hutchinson(summary: dict, path):
-    specs = sorted(set(summary["convergence"]) | set(summary["seed_agreement"]))
-    rows = [row for row in ("convergence", "seed_agreement") if summary[row]]
-    fig, axes = plt.subplots(len(rows), len(specs), figsize=(6 * len(specs), 4.2 * len(rows)), squeeze=False)
-    for column, spec in enumerate(specs):
-        for row_index, row in enumerate(rows):
-            ax = axes[row_index][column]
-            if spec not in summary[row]:
-                ax.set_axis_off()
-                continue
-            if row == "convergence":
-                _draw_convergence(ax, spec, summary[row][spec])
-            else:
-                _draw_agreement(ax, spec, summary[row][spec])
+    """Top row: the convergence panel of every spec that has one; bottom row: seed agreement."""
+    rows = [(name, summary[name]) for name in ("convergence", "seed_agreement") if summary[name]]
+    columns = max(len(entries) for _, entries in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(6 * columns, 4.2 * len(rows)), squeeze=False)
+    for row_axes, (name, entries) in zip(axes, rows):
+        for ax, (spec, entry) in zip(row_axes, sorted(entries.items())):
+            (_draw_convergence if name == "convergence" else _draw_agreement)(ax, spec, entry)
+        for ax in row_axes[len(entries):]:
+            ax.set_axis_off()
     return save(fig, path)
 
 
@@ -156,7 +152,7 @@ def _draw_agreement(ax, spec: str, entries: dict) -> None:
     value_axis(ax, np.concatenate(values))
     first = next(iter(entries.values()))
     ax.set(xscale="log", xlabel="step + 1", ylabel="P, every seed",
-           title=f"{spec}: seeds agree? (K = {first['probes'] or 8}, readout {first['readout']}; "
-                 "spread: median sd/|mean| over windows)")
+           title=f"{spec}: every seed (K = {first['probes'] or 8}, readout {first['readout']}); "
+                 "spread: median sd/|mean|")
     ax.title.set_fontsize(8)
     legend(ax)
