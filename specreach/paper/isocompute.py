@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from specreach.paper.plots import colors, legend, plt, save, value_axis
-from specreach.paper.runs import GroupKey, Labels, RunData, groups, key_text, seed_curves, seed_summary
+from specreach.paper.runs import GroupKey, RunData, groups, key_text, seed_curves, seed_summary
 
 BUDGET = "train.flops"
 
@@ -68,10 +68,9 @@ def summary_json(summary: dict[GroupKey, dict[float, list[dict]]]) -> dict:
 
 
 def plot_isocompute(summary: dict[GroupKey, dict[float, list[dict]]], path):
-    labels = Labels(summary)
     fig, axes = plt.subplots(len(summary), 2, figsize=(11, 4.2 * len(summary)), squeeze=False)
     for (setting, budgets), (ax_loss, ax_p) in zip(summary.items(), axes):
-        p_values = []
+        p_values, labelled_hollow = [], False
         for (budget, points), color in zip(budgets.items(), colors(len(budgets))):
             x = np.array([p["parameters"] for p in points], float)
             for ax, metric in ((ax_loss, "final_eval_loss"), (ax_p, "last_window_P")):
@@ -86,12 +85,14 @@ def plot_isocompute(summary: dict[GroupKey, dict[float, list[dict]]], path):
                 ax.errorbar(xs, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=color, capsize=3)
                 repeated = np.array([(p["epochs"] or 0) > 1 for p in points if p[metric]["mean"] is not None])
                 ax.scatter(xs[~repeated], mean[~repeated], color=color, s=18, zorder=3)
+                first_hollow = ax is ax_loss and repeated.any() and not labelled_hollow
+                labelled_hollow = labelled_hollow or first_hollow
                 ax.scatter(xs[repeated], mean[repeated], facecolors="white", edgecolors=color, s=18, zorder=3,
-                           label="data seen more than once" if ax is ax_loss and repeated.any() else None)
+                           label="hollow: data seen more than once" if first_hollow else None)
                 if metric == "last_window_P":
                     p_values += [low, high]
         value_axis(ax_p, np.concatenate(p_values) if p_values else [])
-        title = labels.setting(setting)
+        title = key_text(setting)
         ax_loss.set(xscale="log", xlabel="parameters", ylabel="final validation loss", title=title)
         ax_p.set(xscale="log", xlabel="parameters", ylabel="P, last window", title="error bars: range over seeds")
         for ax in (ax_loss, ax_p):
