@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from specreach.engine.schedule import measurement_steps
 from specreach.engine.sinks import Sink, as_sink
 from specreach.lnp.measure import measure_lnp_at_step
+from specreach.lnp.problem import call_model, evaluation_mode, full_precision
 from specreach.lnp.result import LNPResult
 from specreach.spec import LogWindows
 
@@ -83,18 +84,14 @@ class LNPMonitor:
     def should_measure(self, step: int) -> bool:
         return step in self.schedule
 
-    def draw_batch_b(self, size: int) -> tuple[Tensor, Tensor]:
-        inputs, targets = self.pool
-        count = min(size, inputs.shape[0])
-        index = torch.randperm(inputs.shape[0], generator=self.pool_generator)[:count]
-        device = next(self.model.parameters()).device
-        return inputs[index].to(device), targets[index].to(device)
+    def draw_batch_b(self, size: int) -> tuple[Any, Any]:
+        available = _pool_size(self.pool)
+        index = torch.randperm(available, generator=self.pool_generator)[:min(size, available)]
+        return _take(self.pool, index, next(self.model.parameters()).device)
 
-    def fixed_batch(self) -> tuple[Tensor, Tensor]:
-        inputs, targets = self.pool
-        count = self.batch_size or inputs.shape[0]
-        device = next(self.model.parameters()).device
-        return inputs[:count].to(device), targets[:count].to(device)
+    def fixed_batch(self) -> tuple[Any, Any]:
+        count = self.batch_size or _pool_size(self.pool)
+        return _take(self.pool, torch.arange(min(count, _pool_size(self.pool))), next(self.model.parameters()).device)
 
     def step(self, step: int, batch: tuple[Tensor, Tensor], loss: Tensor | float, outputs: Tensor | None = None,
              lr: float | None = None) -> LNPResult | None:
@@ -141,8 +138,10 @@ class LNPMonitor:
             batch_b = self._batch_b
             if batch_b is None:  # full batch: B = A, whose loss before the step is loss_a
                 return self._write_pending()
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                after = float(self.loss_fn(self.model(batch_b[0]), batch_b[1]))
+            # The measured function: eval mode, full precision (loss_b was taken on it too).
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), evaluation_mode(self.model), \
+                    full_precision(self.model):
+                after = float(self.loss_fn(call_model(self.model, batch_b[0]), batch_b[1]))
             self._pending["loss_b_after"] = after
             self._pending["delta_loss_b"] = after - self._pending["loss_b"]
         self._write_pending()
@@ -172,3 +171,18 @@ class LNPMonitor:
     def close(self, status: str = "FINISHED", message: str = "") -> None:
         self.flush()
         self.sink.status(status, message)
+
+
+def _pool_size(pool) -> int:
+    inputs = pool[0]
+    first = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
+    return first.shape[0]
+
+
+def _take(values, index: Tensor, device):
+    """The samples ``index`` of a pool's tensors (inputs may be a tensor, a tuple or a mapping)."""
+    if isinstance(values, Tensor):
+        return values[index].to(device)
+    if isinstance(values, Mapping):
+        return {key: _take(value, index, device) for key, value in values.items()}
+    return type(values)(_take(value, index, device) for value in values)

@@ -31,13 +31,13 @@ class ModuleCall:
     """One call of one module during the recorded forward."""
 
     path: str  # the module's name in the model ('' for the model itself)
-    module: nn.Module
-    parent: "ModuleCall | None"
+    module: nn.Module = field(repr=False)
+    parent: "ModuleCall | None" = field(repr=False)
     start: int  # position in the forward's sequence of call starts and ends
     end: int = -1
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-    output: Any = None
+    args: tuple = field(default=(), repr=False)
+    kwargs: dict = field(default_factory=dict, repr=False)
+    output: Any = field(default=None, repr=False)
     version: int = 0  # output._version when recorded, to catch later in-place changes
     uses: set[int] = field(default_factory=set)  # ids of trainable parameters used directly in this call
 
@@ -72,14 +72,17 @@ class OpUse:
     """One torch function that received a trainable parameter (or a transpose of one)."""
 
     func: Any
-    args: tuple
-    kwargs: dict
-    output: Any
-    call: ModuleCall | None  # the innermost module call running
+    args: tuple = field(repr=False)
+    kwargs: dict = field(repr=False)
+    output: Any = field(repr=False)
+    call: ModuleCall | None = field(repr=False)  # the innermost module call running
     tick: int  # when it ran, on the clock of module call starts and ends
-    operands: list[tuple[int, tuple, bool]]  # (parameter id, ("arg", i) / ("kw", name), transposed)
+    #: (parameter id, ("arg", i) / ("kw", name), transposed, derived): the operand is the parameter, its
+    #: 2-D transpose, or (``derived``) a tensor computed from parameters without batch data
+    operands: list[tuple[int, tuple, bool, Tensor | None]] = field(repr=False)
     differentiable: bool  # grad mode on and the output in the graph (not inside a custom Function's forward)
     is_transpose: bool  # a 2-D transpose: its result stands for the parameter (transposed) in later uses
+    derives: bool  # its output is computed from parameters without batch data (e.g. position embeddings)
     version: int = 0
 
 
@@ -110,6 +113,13 @@ def _operands(args: tuple, kwargs: dict):
         yield ("kw", key), value
 
 
+def _batch_size_of(args: tuple) -> int | None:
+    for value in args:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
 def is_batched(value: Any, n: int) -> bool:
     return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n
 
@@ -137,16 +147,22 @@ class _ParameterUses(TorchFunctionMode):
         if func in _METADATA:
             return func(*args, **kwargs)
         recorder = self.recorder
-        operands = []
+        operands, batched = [], False
         for position, value in _operands(args, kwargs):
-            if id(value) in recorder.parameter_ids:
-                operands.append((id(value), position, False))
-            elif id(value) in recorder.transposes:
-                pid, transposed = recorder.transposes[id(value)]
-                operands.append((pid, position, transposed))
+            key = id(value)
+            if key in recorder.parameter_ids:
+                operands.append((key, position, False, None))
+            elif key in recorder.transposes:
+                pid, transposed = recorder.transposes[key]
+                operands.append((pid, position, transposed, None))
+            elif key in recorder.derived:
+                derived, pids = recorder.derived[key]
+                operands.extend((pid, position, False, derived) for pid in sorted(pids))
+            elif recorder.n is not None and is_batched(value, recorder.n):
+                batched = True
         output = func(*args, **kwargs)
         if operands:
-            recorder.note_op(func, args, kwargs, output, operands)
+            recorder.note_op(func, args, kwargs, output, operands, batched)
         return output
 
 
@@ -171,7 +187,10 @@ class ForwardRecorder:
         self.op_uses: list[OpUse] = []
         #: id of a parameter's 2-D transpose made during the forward -> (parameter id, transposed)
         self.transposes: dict[int, tuple[int, bool]] = {}
+        #: id of a tensor computed from parameters without batch data -> (tensor, parameter ids)
+        self.derived: dict[int, tuple[Tensor, frozenset[int]]] = {}
         self._kept: list[Tensor] = []  # the transposes themselves, so that their ids stay theirs
+        self.n: int | None = None  # the batch size, from the model's own inputs
         self._stack: list[ModuleCall] = []
         self._clock = 0
         self._handles: list[torch_hooks.RemovableHandle] = []
@@ -181,30 +200,38 @@ class ForwardRecorder:
     def root(self) -> ModuleCall:
         return self.calls[0]
 
-    def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list) -> None:
+    def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list, batched: bool) -> None:
         call = self._stack[-1] if self._stack else None
         if call is None:
             return  # the measurement's own code, outside the model
-        for pid, _, _ in operands:
+        for pid, *_ in operands:
             call.uses.add(pid)
-        transpose = len(operands) == 1 and operands[0][1] == ("arg", 0) and _is_transpose(func, args, kwargs)
+        transpose = (len(operands) == 1 and operands[0][1] == ("arg", 0) and operands[0][3] is None
+                     and _is_transpose(func, args, kwargs))
         differentiable = torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad
-        use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose,
+        # Computed from parameters (and constants) alone: a later broadcast use is the per-sample one.
+        derives = (not transpose and not batched and differentiable and self.n is not None
+                   and not is_batched(output, self.n))
+        use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose, derives,
                     output._version if isinstance(output, Tensor) else 0)
         self.op_uses.append(use)
         if transpose and isinstance(output, Tensor):
-            pid, _, transposed = operands[0]
+            pid, _, transposed, _ = operands[0]
             self.transposes[id(output)] = (pid, not transposed)
             self._kept.append(output)
+        elif derives:
+            self.derived[id(output)] = (output, frozenset(pid for pid, *_ in operands))
 
     def __enter__(self) -> "ForwardRecorder":
         self.calls.clear()
         self.op_uses.clear()
         self.transposes.clear()
+        self.derived.clear()
         self._kept.clear()
+        self.n = None
         self._stack.clear()
         for path, module in self.model.named_modules():
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(path), prepend=True))
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(path), prepend=True, with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True, prepend=True))
         self._mode.__enter__()
         return self
@@ -222,6 +249,7 @@ class ForwardRecorder:
         self.calls.clear()
         self.op_uses.clear()
         self.transposes.clear()
+        self.derived.clear()
         self._kept.clear()
 
     def _tick(self) -> int:
@@ -229,8 +257,10 @@ class ForwardRecorder:
         return self._clock
 
     def _pre_hook(self, path: str):
-        def push(module, args):
+        def push(module, args, kwargs):
             parent = self._stack[-1] if self._stack else None
+            if parent is None and self.n is None:
+                self.n = _batch_size_of((*args, *kwargs.values()))
             call = ModuleCall(path, module, parent, start=self._tick())
             self.calls.append(call)
             self._stack.append(call)

@@ -6,7 +6,10 @@ use is one torch function whose per-sample gradient has a closed form in that fu
 and its output gradient G (batch-first):
 
 - ``add``/``sub``/``mul`` with a parameter broadcast over the batch, and ``expand``: G (times the
-  other operand, for ``mul``) summed over the broadcast dims, per sample;
+  other operand, for ``mul``) summed over the broadcast dims, per sample; the same for a tensor
+  computed from parameters without batch data (Hugging Face's position embeddings
+  ``wpe(position_ids)`` of shape (1, T, d)), whose per-sample cotangents are then pulled back to
+  the parameters through the batch-free graph that made it;
 - ``F.linear(x, W, b)`` and ``x @ W`` with W the parameter or its transpose: Σ_t g_t x_tᵀ;
 - ``F.embedding``: G's rows scattered to the tokens' rows (``padding_idx`` rows get none).
 
@@ -16,7 +19,7 @@ whole enclosing call (often the model) for every probe. Anything else falls back
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,11 +41,12 @@ class OpRule:
 
     kind: str  # "broadcast", "linear", "matmul", "embedding"
     use: OpUse
-    parameter: Tensor
+    parameter: Tensor = field(repr=False)
     factor: float = 1.0  # broadcast: the sign / alpha of the operand
-    other: Any = None  # broadcast mul: the other operand; linear/matmul: the input; embedding: the tokens
+    other: Any = field(default=None, repr=False)  # mul: the other operand; linear/matmul: the input; embedding: tokens
     transposed: bool = False  # the function received the parameter's transpose
     bias: bool = False  # linear: the parameter is the bias
+    derived: Tensor | None = field(default=None, repr=False)  # broadcast of a tensor computed from the parameter
 
     @property
     def name(self) -> str:
@@ -53,7 +57,14 @@ class OpRule:
         """Per-sample gradients of the parameter from this use, shape (n, *parameter.shape)."""
         if self.kind == "broadcast":
             grad = backprop * self.factor if self.other is None else backprop * self.other
-            return _sum_to(grad, self.parameter.shape, n)
+            if self.derived is None:
+                return _sum_to(grad, self.parameter.shape, n)
+            # Per-sample cotangents of the derived tensor, pulled back to the parameter through the
+            # (batch-free) graph that computed it, all samples in one batched backward.
+            cotangents = _sum_to(grad, self.derived.shape, n)
+            (pulled,) = torch.autograd.grad(self.derived, self.parameter, cotangents, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+            return torch.zeros((n, *self.parameter.shape), dtype=grad.dtype, device=grad.device) if pulled is None else pulled
         if self.kind == "embedding":
             return _embedding(self, backprop, n)
         inputs = self.other.reshape(n, -1, self.other.shape[-1]).to(backprop.dtype)
@@ -70,28 +81,38 @@ class OpRule:
 def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str | None":
     """The rule for this use of the parameter; ``"view"`` for a transpose (its result is tracked and
     its uses are classified instead); None when there is no rule (or the use is not per-sample)."""
-    operands = [(position, transposed) for p, position, transposed in use.operands if p == pid]
-    if len(operands) != 1 or not use.differentiable:
+    operands = [(position, transposed, derived) for p, position, transposed, derived in use.operands if p == pid]
+    if len(operands) != 1:
         return None
-    (position, transposed), func = operands[0], use.func
-    if use.is_transpose:
-        return "view"
+    if not _carries_tensors(use.output):
+        return "view"  # metadata, a shape: no gradient flows
+    if not use.differentiable:
+        return None
+    (position, transposed, derived), func = operands[0], use.func
+    if use.is_transpose or use.derives:
+        return "view"  # a transpose or a batch-free result: tracked, and its own uses are classified
     if not is_batched(use.output, n):
         return None
     args, kwargs = use.args, use.kwargs
     if func in _ADD | _SUB | _MUL | _EXPAND:
-        if transposed or position not in (("arg", 0), ("arg", 1)) or not _broadcast_over_batch(parameter, use.output):
+        operand = parameter if derived is None else derived
+        if transposed or position not in (("arg", 0), ("arg", 1)) or not _broadcast_over_batch(operand, use.output):
             return None
         if func in _EXPAND:
-            return OpRule("broadcast", use, parameter) if position == ("arg", 0) else None
+            return OpRule("broadcast", use, parameter, derived=derived) if position == ("arg", 0) else None
         other = args[1 - position[1]] if len(args) == 2 else None
         if func in _MUL:
             if isinstance(other, (int, float)) and not isinstance(other, bool):
-                return OpRule("broadcast", use, parameter, factor=float(other))
-            return OpRule("broadcast", use, parameter, other=other) if isinstance(other, Tensor) else None
+                return OpRule("broadcast", use, parameter, factor=float(other), derived=derived)
+            if isinstance(other, Tensor):
+                return OpRule("broadcast", use, parameter, other=other, derived=derived)
+            return None
         alpha = kwargs.get("alpha", 1)
         sign = -1.0 if (func in _SUB and position == ("arg", 1)) else 1.0
-        return OpRule("broadcast", use, parameter, factor=sign * (alpha if position == ("arg", 1) else 1))
+        return OpRule("broadcast", use, parameter, factor=sign * (alpha if position == ("arg", 1) else 1),
+                      derived=derived)
+    if derived is not None:
+        return None  # only broadcasts of derived tensors have a rule
     if func is F.linear:
         inputs = args[0] if args else kwargs.get("input")
         if not is_batched(inputs, n) or inputs.dim() < 2:
@@ -115,6 +136,12 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
             return None
         return OpRule("embedding", use, parameter, other=(tokens, options.get("padding_idx")))
     return None
+
+
+def _carries_tensors(output: Any) -> bool:
+    if isinstance(output, Tensor):
+        return True
+    return isinstance(output, (tuple, list)) and any(isinstance(item, Tensor) for item in output)
 
 
 def _broadcast_over_batch(parameter: Tensor, output: Tensor) -> bool:

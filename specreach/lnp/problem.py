@@ -162,7 +162,7 @@ def forward(model: nn.Module, inputs: Any, which: str) -> Tensor:
     draws from the global random generator even in eval mode is refused.
     """
     rng_states = _rng_states(model)
-    outputs = _call(model, inputs)
+    outputs = call_model(model, inputs)
     if not all(torch.equal(before, after) for before, after in zip(rng_states, _rng_states(model))):
         raise ValueError(
             f"the model's forward on batch {which} draws random numbers even in eval mode, so each forward is a "
@@ -179,7 +179,8 @@ def _rng_states(model: nn.Module) -> list[Tensor]:
     return states
 
 
-def _call(model: nn.Module, inputs: Any):
+def call_model(model: nn.Module, inputs: Any):
+    """``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)``, by the inputs' kind."""
     if isinstance(inputs, dict):
         outputs = model(**inputs)
     elif isinstance(inputs, (tuple, list)):
