@@ -116,7 +116,7 @@ class LNPMonitor:
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())
-            if result.eigenvalues is not None and config.spectra_dir is not None:
+            if result.arrays and config.spectra_dir is not None:
                 self._save_spectrum(step, result)
             if lr is not None and not config.fixed_batch:
                 row["delta_loss_b_sgd_linear"] = -lr * result.grad_dot
@@ -129,8 +129,8 @@ class LNPMonitor:
 
         spectra = Path(self.config.spectra_dir)
         spectra.mkdir(parents=True, exist_ok=True)
-        np.savez(spectra / f"step{step:07d}.npz", eigenvalues=np.array(result.eigenvalues),
-                 projections=np.array(result.projections), step=step)
+        np.savez(spectra / f"step{step:07d}.npz", step=step,
+                 **{name: np.array(values) for name, values in result.arrays.items()})
 
     def after_update(self) -> None:
         """Record the actual change of the loss on B across the update just made."""

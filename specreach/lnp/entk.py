@@ -178,8 +178,7 @@ class Entk(Estimator):
             units_a=lin_a.units,
             units_b=lin_b.units,
             full_batch=problem.full_batch,
-            eigenvalues=eigenvalues,
-            projections=projections,
+            arrays={} if eigenvalues is None else {"eigenvalues": eigenvalues, "projections": projections},
         )
 
 

@@ -68,10 +68,10 @@ class LNPResult:
     #: Full batch: each group's Σ_i ‖J_i,group‖_F²; cross batch: N times the group's share of
     #: χ_net averaged over A and B. The values sum to ``network_magnitude``.
     network_magnitude_by_group: Mapping[str, float] = field(default_factory=dict)
-    #: Explicit-kernel estimators only, full batch: eNTK eigenvalues λ_k (descending) and
-    #: projections c_k = (v_kᵀ g)² / ‖g‖², so that P = Σ_k c_k λ_k / Σ_j λ_j.
-    eigenvalues: tuple[float, ...] | None = None
-    projections: tuple[float, ...] | None = None
+    #: Per-mode quantities an estimator reports, by name. Explicit-kernel estimators, full batch:
+    #: ``eigenvalues`` λ_k of the eNTK (descending) and ``projections`` c_k = (v_kᵀ g)² / ‖g‖², so
+    #: that P = Σ_k c_k λ_k / Σ_j λ_j. The engine saves every array of a measured step.
+    arrays: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     #: Anything else an estimator reports (plugins put their own quantities here).
     extras: Mapping[str, float] = field(default_factory=dict)
     #: Per-sample-norm estimators: parameter name -> how its per-sample gradient was computed
@@ -83,8 +83,16 @@ class LNPResult:
     step_gradient_reused: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("network_magnitude_by_group", "extras", "paths"):
+        for name in ("network_magnitude_by_group", "extras", "paths", "arrays"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def eigenvalues(self) -> tuple[float, ...] | None:
+        return self.arrays.get("eigenvalues")
+
+    @property
+    def projections(self) -> tuple[float, ...] | None:
+        return self.arrays.get("projections")
 
     def as_dict(self) -> dict[str, float]:
         """Flat scalar metrics (for logging): every float field, groups as ``network_magnitude/<group>``."""
@@ -122,8 +130,7 @@ def assemble_result(
     units_a: int,
     units_b: int,
     full_batch: bool,
-    eigenvalues: tuple[float, ...] | None = None,
-    projections: tuple[float, ...] | None = None,
+    arrays: Mapping[str, tuple[float, ...]] | None = None,
     extras: Mapping[str, float] | None = None,
     paths: Mapping[str, str] | None = None,
     step_gradient_reused: bool = False,
@@ -180,8 +187,7 @@ def assemble_result(
         network_magnitude_normalized_stderr=network_magnitude_stderr / batch_scale,
         spectral_position_stderr=abs(spectral_position) * relative_error_n,
         network_magnitude_by_group=by_group,
-        eigenvalues=eigenvalues,
-        projections=projections,
+        arrays=arrays or {},
         extras=extras,
         paths=paths or {},
         step_gradient_reused=step_gradient_reused,
