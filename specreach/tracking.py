@@ -152,6 +152,23 @@ class Tracker:
         timestamp = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), timestamp, step) for k, v in metrics.items())
 
+    def log_batch(self, metrics: list[Metric]) -> None:
+        """Send these metrics in one request (one transaction in the store)."""
+        self._guard("log_batch", self.run_id, metrics=metrics)
+
+    def metric_value(self, key: str) -> float | None:
+        """The latest value of a metric of this run (None when it has none or tracking is off)."""
+        if not self.active:
+            return None
+        try:
+            with store_lock(self.uri):
+                return self.client.get_run(self.run_id).data.metrics.get(key)
+        except Exception as error:
+            warnings.warn(f"MLflow get_run failed ({type(error).__name__}: {error}); tracking stops for run "
+                          f"{self.run_id}, the metrics table keeps everything", stacklevel=2)
+            self.client = None
+            return None
+
     def flush(self) -> None:
         while self._buffer and self.active:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]

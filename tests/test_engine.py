@@ -313,3 +313,24 @@ def test_sinks_record_rows_artifacts_and_status_and_mlflow_sends_only_when_flush
     assert folder.result("one").final == {"eval_loss": 1.0}
     crashed = folder.mark_crashed("one", "its worker died")
     assert crashed.crashed and folder.result("one") is None  # a crashed run is run again on resume
+
+
+@pytest.mark.parametrize("mlflow_holds, checkpoint_rows", [(5, 3), (3, 5), (0, 0)])
+def test_a_resumed_run_sends_each_row_to_mlflow_exactly_once(tmp_path, mlflow_holds, checkpoint_rows):
+    """Whatever MLflow got before the process died — more rows than the checkpoint says were recorded,
+    fewer, or none — the resumed run leaves it with every row once."""
+    from specreach.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    rows = [{"step": step, "loss": 1.0 / (step + 1)} for step in range(8)]
+    first = MlflowSink.start(uri, experiment="once", run_name="r")
+    for row in rows[:mlflow_holds]:
+        first.write(row)
+    first.flush()  # ... and the process dies here
+    resumed = MlflowSink(Tracker.start(uri, "once", "r", resume_run_id=first.run_id))
+    resumed.catch_up(rows[:checkpoint_rows])  # the table, truncated to the checkpoint
+    for row in rows[checkpoint_rows:]:  # recomputed after the checkpoint
+        resumed.write(row)
+    resumed.status("FINISHED")
+    history = metric_history(uri, first.run_id, "loss")
+    assert sorted(history) == [(row["step"], row["loss"]) for row in rows]

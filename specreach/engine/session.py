@@ -140,6 +140,7 @@ class RunSession:
         else:
             self.step = 0
             self.sink.load_state_dict({})  # a fresh start: nothing recorded by an earlier attempt stays
+        self.mlflow.catch_up(self.table.table.rows)  # MLflow gets exactly the rows of the table, once
         self.folder.write_description({"name": run.name, **tags, "steps": self.steps, "sweep": run.sweep,
                                        "run_spec": run.model_dump(mode="json")})
         self.sink.status("RUNNING", step=self.step)
@@ -156,8 +157,9 @@ class RunSession:
                 resume_run_id=previous_run_id,
             )
         self.run_id = tracker.run_id
+        self.table, self.mlflow = TableSink(self.folder.metrics), MlflowSink(tracker)
         # status.json last: it is what says the run is done.
-        return Sinks([TableSink(self.folder.metrics), MlflowSink(tracker), StatusSink(self.folder, tracker.run_id)])
+        return Sinks([self.table, self.mlflow, StatusSink(self.folder, tracker.run_id)])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         if not self.folder.checkpoint.exists():

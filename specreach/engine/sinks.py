@@ -18,6 +18,7 @@ Sinks here: :class:`TableSink` (the CSV metrics table), :class:`MlflowSink` (one
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -105,14 +106,21 @@ class TableSink(Sink):
 class MlflowSink(Sink):
     """One MLflow run: finite numbers as metrics at their step, artifacts, and the final status.
 
-    Metrics are buffered and sent when flushed, that is at checkpoints and at the end: a run
-    resumed from a checkpoint never sends a value twice.
+    Rows are buffered and sent when flushed (at checkpoints and at the end), whole rows per
+    request, each request with ``specreach.rows``: how many rows of the run's table MLflow then
+    holds. A request is one transaction, so that count is exact even when a process dies in the
+    middle of a flush, and a resumed run (:meth:`catch_up`) sends each row exactly once.
     """
 
     key = "mlflow"
+    ROWS = "specreach.rows"
+    MAX_BATCH = 1000  # MLflow's limit of metrics per request
 
     def __init__(self, tracker):
         self.tracker = tracker
+        self.rows = 0  # rows written so far, in the table's numbering
+        self.held = 0  # rows MLflow holds: [0, held)
+        self._pending: list[list] = []  # the metrics of each row not sent yet
 
     @classmethod
     def start(cls, uri: str, experiment: str = "specreach", run_name: str = "monitor", **options: Any) -> "MlflowSink":
@@ -126,16 +134,43 @@ class MlflowSink(Sink):
         return self.tracker.run_id
 
     def write(self, row):
-        metrics = {key: value for key, value in row.items()
-                   if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)}
-        self.tracker.log_metrics(row["step"], metrics)
+        index, self.rows = self.rows, self.rows + 1
+        if index >= self.held and self.tracker.active:  # a row MLflow holds from an earlier attempt is not sent again
+            self._pending.append(self._metrics(row))
+
+    def _metrics(self, row) -> list:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        return [Metric(key, float(value), timestamp, int(row["step"])) for key, value in row.items()
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
+
+    def catch_up(self, table_rows: list[Mapping[str, Any]]) -> None:
+        """A resumed run: its table holds ``table_rows``; send what MLflow lacks of them and skip,
+        when they are recorded again, the rows MLflow got after them."""
+        self.held = int(self.tracker.metric_value(self.ROWS) or 0)
+        self.rows = len(table_rows)
+        self._pending = [self._metrics(row) for row in table_rows[self.held:]] if self.tracker.active else []
+
+    def flush(self):
+        from mlflow.entities import Metric
+
+        batch: list = []
+        for count, metrics in enumerate(self._pending, start=1):
+            batch.extend(metrics)
+            last = count == len(self._pending)
+            if last or len(batch) + len(self._pending[count]) >= self.MAX_BATCH:
+                held = self.held + count
+                batch.append(Metric(self.ROWS, float(held), int(time.time() * 1000), held))
+                self.tracker.log_batch(batch)
+                batch = []
+        self.held += len(self._pending)
+        self._pending = []
 
     def artifact(self, path, folder=None):
         self.tracker.log_artifact(path, folder)
 
-    def flush(self):
-        self.tracker.flush()
-
     def status(self, status, message="", **details):
         if status != "RUNNING":
+            self.flush()
             self.tracker.finish(status, message or None)
