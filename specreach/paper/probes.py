@@ -62,16 +62,17 @@ def probe_summary(runs: list[RunData]) -> dict[GroupKey, dict]:
         top_random = np.array([random_[s][1][:length] for s in seeds])
         ratio = top_trained.mean(axis=0) / top_random.mean(axis=0)
         per_seed = top_trained / top_random
-        late = slice(length // 2, None)
+        late = tau >= 0.5 if (tau >= 0.5).any() else np.arange(length) == length - 1  # the second half of probing
         magnitudes = {phase: seed_curves(phases[phase], "network_magnitude_normalized")
                       for phase in PHASES if phases.get(phase)}
         summary[key] = {
-            "parameters": phases["probe-trained"][0].parameters,
+            # the backbone's size: the trained run's count (a probe's own count adds its head)
+            "parameters": phases["train"][0].parameters if phases.get("train") else None,
             "seeds": seeds,
             "tau": tau.tolist(),
             "P_ratio_trained_over_random": ratio.tolist(),
             "P_ratio_per_seed": {str(s): per_seed[i].tolist() for i, s in enumerate(seeds)},
-            "late_half_ratio": seed_summary([float(np.mean(per_seed[i][late])) for i in range(len(seeds))], seeds,
+            "ratio_second_half": seed_summary([float(np.mean(per_seed[i][late])) for i in range(len(seeds))], seeds,
                                             ratio_of_means=float(np.mean(ratio[late]))),
             "windows_below_1": int((ratio < 1).sum()),
             "windows": int(length),
@@ -96,9 +97,9 @@ def _by_spec(summary: dict[GroupKey, dict]) -> dict[str, dict[GroupKey, dict]]:
 
 def plot_probes(summary: dict[GroupKey, dict], directory) -> list:
     specs = _by_spec(summary)
-    labels = Labels(summary)
     fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4.4), squeeze=False)
     for ax, (spec, entries) in zip(axes[0], specs.items()):
+        labels = Labels(entries)  # one panel per spec: the spec is in the title
         for (key, entry), color in zip(entries.items(), colors(len(entries))):
             tau = np.array(entry["tau"])
             ax.plot(tau, entry["P_ratio_trained_over_random"], marker="o", ms=2.5, lw=1, color=color,
