@@ -10,7 +10,6 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
 
 from engine_helpers import write_spec
 from specreach import Engine, load_spec, measure_lnp
@@ -59,7 +58,8 @@ def test_sweep_axes_are_never_averaged_and_every_seed_is_kept(tmp_path):
         fake_run(root, f"lr={lr}-s-seed{seed}", measured_rows([0.1, 0.05, 0.01], final), seed=seed,
                  sweep={"train.lr": float(lr)})
     scaling = summary_of(tmp_path, root)["scaling"]
-    assert set(scaling) == {"exp | standard | train.lr=0.001 | s", "exp | standard | train.lr=0.01 | s"}  # two settings, not one
+    # two settings, not one
+    assert set(scaling) == {"exp | standard | train.lr=0.001 | s", "exp | standard | train.lr=0.01 | s"}
     for lr in ("0.001", "0.01"):
         entry = scaling[f"exp | standard | train.lr={lr} | s"]["final_eval_loss"]
         values = [finals[(lr, seed)] for seed in range(3)]

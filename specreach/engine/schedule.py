@@ -41,9 +41,9 @@ def log_window_starts(first: int, count: int, length: int, total_steps: int) -> 
     needed = first + count * length
     if needed > total_steps:
         raise ValueError(
-            f"measure.schedule: {count} windows of {length} steps after {first} single step{'s' * (first != 1)} need {needed} "
-            f"training steps; this run has {total_steps}. Use fewer or shorter windows, fewer initial_steps, "
-            "a uniform schedule ({every: N}) or a list of steps."
+            f"measure.schedule: {count} windows of {length} steps after {first} single step{'s' * (first != 1)} "
+            f"need {needed} training steps; this run has {total_steps}. Use fewer or shorter windows, fewer "
+            "initial_steps, a uniform schedule ({every: N}) or a list of steps."
         )
     if count == 0:
         return []

@@ -99,7 +99,8 @@ def legend(ax, **kwargs) -> None:
 def seed_note(groups_: dict) -> str:
     counts = sorted({len(g) for g in groups_.values()})
     text = "/".join(map(str, counts))
-    return f"mean over {text} seed{'s' if counts != [1] else ''}" + (", band: range over seeds" if max(counts) > 1 else "")
+    spread = ", band: range over seeds" if max(counts) > 1 else ""
+    return f"mean over {text} seed{'s' if counts != [1] else ''}{spread}"
 
 
 # --- which runs can be drawn -----------------------------------------------------------------------
