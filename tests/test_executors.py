@@ -348,6 +348,29 @@ def test_ray_retries_a_killed_task_which_resumes_from_its_checkpoint(tmp_path, r
 
 
 @pytest.mark.slow
+def test_ray_ctrl_c_stops_the_tasks_at_a_step_boundary_and_resume_completes(tmp_path, ray_head):
+    spec_path = write_spec(tmp_path, {**LONG, "name": "long", "train": {**LONG["train"], "steps": 400}})
+    reference = cli("run", spec_path, "--output", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    process = start_cli("run", spec_path, "execution.kind=ray", f"execution.params.address={ray_head.address}",
+                        "--output", tmp_path, env=ray_head.env)
+    root = tmp_path / "long"
+    folder = root / "runs" / "s-seed0"
+    wait_until(lambda: rows(folder) > 5, what="the run under way")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr[-3000:]
+    status = status_of(folder)
+    assert status["status"] == "KILLED" and 0 < status["step"] < 400, status
+    assert not (folder / "stop").exists()
+
+    resumed = cli("run", "--resume", root, timeout=900, env=ray_head.env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_tables(folder / "metrics.csv", tmp_path / "reference" / "long" / "runs" / "s-seed0" / "metrics.csv")
+    assert_every_step_logged_once(root, "long", "s-seed0", 400)
+
+
+@pytest.mark.slow
 def test_ray_without_an_address_starts_a_local_instance_for_the_sweep(tmp_path, references):
     pytest.importorskip("ray")
     spec = {**SWEEP, "name": "12-steps", "train": {**SWEEP["train"], "seeds": [0]},

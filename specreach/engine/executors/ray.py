@@ -7,8 +7,10 @@
   server on a cluster: a SQLite file is only safe on one machine).
 - A task whose worker or node dies is retried by Ray up to ``max_retries`` times; the retry
   resumes from the run's last checkpoint, so no row is recorded twice.
-- Ctrl-C sets a flag (a small actor) that every task polls at step boundaries, about once a
-  second: runs stop with a checkpoint, as with the other executors.
+- Ctrl-C writes a ``stop`` file into each running run's folder, which the task looks for at step
+  boundaries, five times a second: runs stop with a checkpoint, as with the other executors. (A
+  file, not a Ray call: a task that waits on Ray gives its CPUs back, and Ray would start another
+  task on them.)
 
 Ray is an optional dependency: ``pip install 'specreach[ray]'``.
 """
@@ -22,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from specreach.engine.executors import Executor, Plan, record_crash, run_guarded
 
-POLL_SECONDS = 1.0  # how often a task asks whether to stop
+POLL_SECONDS = 0.2  # how often a task looks for its stop file (a stat: cheap, even on NFS)
+STOP_FILE = "stop"
 
 
 class RayParams(BaseModel):
@@ -44,35 +47,16 @@ def import_ray():
     return ray
 
 
-def _stop_flag_class(ray):
-    @ray.remote(num_cpus=0)
-    class StopFlag:
-        def __init__(self):
-            self.stopped = False
-
-        def set(self):
-            self.stopped = True
-
-        def is_set(self):
-            return self.stopped
-
-    return StopFlag
-
-
-def run_task(run, flag, threads: int):
+def run_task(run, threads: int):
     """The body of a run's Ray task (module-level, so that workers import it by name)."""
-    import ray
-
-    last = {"asked": 0.0, "stop": False}
+    stop_file = run.output_dir / STOP_FILE
+    last = {"looked": 0.0, "stop": False}
 
     def should_stop() -> bool:
         now = time.monotonic()
-        if not last["stop"] and now - last["asked"] >= POLL_SECONDS:
-            last["asked"] = now
-            try:
-                last["stop"] = ray.get(flag.is_set.remote(), timeout=30)
-            except Exception:  # the driver (and its flag) is gone: stop with a checkpoint
-                last["stop"] = True
+        if not last["stop"] and now - last["looked"] >= POLL_SECONDS:
+            last["looked"] = now
+            last["stop"] = stop_file.exists()
         return last["stop"]
 
     return run_guarded(run, should_stop, threads=threads, progress_bar=False)
@@ -100,7 +84,6 @@ class RayExecutor(Executor):
             else:
                 ray.init(address=params.address, logging_level="warning")
         try:
-            flag = _stop_flag_class(ray).remote()
             task = ray.remote(run_task).options(num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run,
                                                 max_retries=params.max_retries, retry_exceptions=False)
             threads = max(1, int(params.cpus_per_run))
@@ -109,16 +92,20 @@ class RayExecutor(Executor):
             while True:
                 if stop.is_set():
                     if not flagged:
-                        ray.get(flag.set.remote())
+                        for run in in_flight.values():
+                            (run.output_dir / STOP_FILE).touch()
                         flagged = True
                 else:
                     while (run := plan.next_ready()) is not None:
-                        in_flight[task.remote(run, flag, threads)] = run
+                        run.output_dir.mkdir(parents=True, exist_ok=True)
+                        (run.output_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier Ctrl-C
+                        in_flight[task.remote(run, threads)] = run
                 if not in_flight:
                     break
                 finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
                 for ref in finished:
                     run = in_flight.pop(ref)
+                    (run.output_dir / STOP_FILE).unlink(missing_ok=True)
                     try:
                         plan.record(ray.get(ref))
                     except ray.exceptions.RayError as error:  # retries exhausted: the worker or node died
