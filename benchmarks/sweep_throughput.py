@@ -6,16 +6,17 @@
    never on a running cluster).
 
 Every run uses 1 torch thread (``train.threads: 1``) and tracks to a SQLite MLflow store, as a
-user's sweep would; by default a run takes about 20 s. Each worker process first imports torch,
-opacus, timm and MLflow (about 5 s, once per worker), so sweeps of longer runs gain more from
-workers and sweeps of shorter ones less (``--steps 300`` shows it). Timed: the executor running the 8 runs, from a clean output folder each
+user's sweep would; by default the 8 runs are seeds of one size and each takes about 15 s. Each
+worker process first imports torch, opacus, timm and MLflow (about 5 s, once per worker), so
+sweeps of longer runs gain more from workers and sweeps of shorter ones less (``--steps 300``);
+runs of unequal lengths (``--sizes two``) can leave a worker idle at the end. Timed: the executor running the 8 runs, from a clean output folder each
 time (the spec's parent run and the end-of-sweep plots, the same for every executor, are left
 out). Printed: wall time, speed-up over ``local``, and the overhead per run — the wall time
 beyond a perfect split of the local time over the 2 slots, per run: (2·T − T_local) / 8.
 
 Goals: ≥ 1.8× for 2 workers on 2 cores; Ray's overhead per run < 2 s.
 
-    python benchmarks/sweep_throughput.py [--steps 1000] [--repeats 1]
+    python benchmarks/sweep_throughput.py [--steps 800] [--sizes one|two] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -41,11 +42,20 @@ EXECUTORS = {
 }
 
 
-def sweep(steps: int, executor: str, output: Path) -> Engine:
-    """8 runs: 2 sizes × 4 seeds of a small Llama on the built-in text, quick-start measurement."""
+SIZES = {
+    # 8 seeds of one size: every run takes as long, so the times show the executors, not the order of runs.
+    "one": ("model.sizes={medium: {hidden: 48, ff: 128}}", 8),
+    # 2 sizes × 4 seeds: runs of two lengths; a greedy executor can end with one worker idle.
+    "two": ("model.sizes={small: {hidden: 32, ff: 86}, medium: {hidden: 48, ff: 128}}", 4),
+}
+
+
+def sweep(steps: int, sizes: str, executor: str, output: Path) -> Engine:
+    """8 runs of a small Llama on the built-in text, quick-start measurement."""
+    model, seeds = SIZES[sizes]
     return Engine(load_spec(SPEC, [
-        f"output={output}", "model.sizes={small: {hidden: 32, ff: 86}, medium: {hidden: 48, ff: 128}}",
-        "train.lr_per_size={}", f"train.steps={steps}", "train.seeds=4", "train.threads=1",
+        f"output={output}", model, "train.lr_per_size={}", f"train.steps={steps}", f"train.seeds={seeds}",
+        "train.threads=1",
         "measure.schedule={windows: 4, steps_per_window: 2}", executor]))
 
 
@@ -61,7 +71,9 @@ def timed(engine: Engine) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="one",
+                        help="one: 8 seeds of one size (default); two: 2 sizes × 4 seeds")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="specreach-sweep-"))
@@ -69,7 +81,7 @@ def main() -> None:
     startup: list[float] = []
     for repeat in range(args.repeats):
         for index, (name, executor) in enumerate(EXECUTORS.items()):
-            engine = sweep(args.steps, executor, workdir / f"{repeat}-{index}")
+            engine = sweep(args.steps, args.sizes, executor, workdir / f"{repeat}-{index}")
             engine.root.mkdir(parents=True)
             if name.startswith("ray"):
                 import ray
@@ -84,7 +96,8 @@ def main() -> None:
             else:
                 times[name].append(timed(engine))
     local = min(times["local"])
-    print(f"8 runs (2 Llama sizes × 4 seeds, {args.steps} steps, quick-start measurement, SQLite tracking), "
+    shape = "1 Llama size × 8 seeds" if args.sizes == "one" else "2 Llama sizes × 4 seeds"
+    print(f"8 runs ({shape}, {args.steps} steps, quick-start measurement, SQLite tracking), "
           f"1 torch thread per run, {os.cpu_count()} cores; best of {args.repeats}")
     print(f"{'executor':<30} {'seconds':>8} {'speed-up':>9} {'overhead/run':>13}")
     for name, values in times.items():

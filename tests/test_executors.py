@@ -184,6 +184,21 @@ def test_executor_overrides_on_the_command_line_are_validated(tmp_path):
 
 # --- worker processes ----------------------------------------------------------------------------
 
+def test_a_script_without_a_main_guard_gets_told_how_to_fix_it(tmp_path):
+    """spawn imports the main module again in every worker: unguarded, the workers exit as they start."""
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "import threading\n"
+        "from specreach.config import load_spec\n"
+        "from specreach.engine import Engine\n"
+        f"engine = Engine(load_spec({str(write_spec(tmp_path))!r}, ['execution.kind=processes', "
+        f"'output={tmp_path / 'out'}', 'tracking.enabled=false']))\n"
+        "engine.run()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "worker processes exit as they start" in done.stderr and 'if __name__ == "__main__":' in done.stderr
+
+
 @pytest.mark.slow
 def test_processes_run_a_sweep_with_the_numbers_of_a_local_run(tmp_path, references):
     spec_path = write_spec(tmp_path, {**SWEEP, "name": "12-steps"})

@@ -43,11 +43,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+READY = "ready"
+NOT_STARTED = ("worker processes exit as they start (exit code {code}). With execution kind 'processes', "
+               "a script that runs the engine must do so under `if __name__ == \"__main__\":` (workers are "
+               "started with spawn, which imports the main module again); otherwise see the error printed above")
+
+
 def _worker_main(connection, stop_event, threads: int) -> None:
-    """A worker: receive a run, run it, send its result; None ends the worker."""
+    """A worker: say it is ready, then receive a run, run it, send its result; None ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through stop_event
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    connection.send(READY)
     while True:
         run = connection.recv()
         if run is None:
@@ -61,6 +68,7 @@ class _Worker:
     process: Any
     connection: Any
     run: RunSpec | None = None
+    ready: bool = False  # it started (a worker that dies before is a bootstrap problem, not a crash)
 
 
 class ProcessExecutor(Executor):
@@ -127,10 +135,14 @@ class ProcessExecutor(Executor):
                  stop: threading.Event) -> None:
         run = worker.run
         try:
-            if worker.connection.poll():
-                plan.record(worker.connection.recv())
-                worker.run = None
-                return
+            while worker.connection.poll():
+                message = worker.connection.recv()
+                if message == READY:
+                    worker.ready = True
+                else:
+                    plan.record(message)
+                    worker.run = None
+                    return
         except (EOFError, OSError):
             pass  # the worker died while sending: treat as a crash
         if worker.process.is_alive():
@@ -138,6 +150,8 @@ class ProcessExecutor(Executor):
         workers.remove(worker)
         worker.connection.close()
         code = worker.process.exitcode
+        if not worker.ready:
+            raise RuntimeError(NOT_STARTED.format(code=code))
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         attempts[run.name] = attempts.get(run.name, 0) + 1
         if attempts[run.name] <= self.params.max_retries and not stop.is_set():
