@@ -260,12 +260,14 @@ def test_a_crashed_worker_fails_only_its_run_and_resume_finishes_it(tmp_path, re
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_path, references):
-    spec = {**LONG, "name": "60-steps", "model": {**LONG["model"], "sizes": {"s": {"hidden": 8, "ff": 16},
-                                                                              "m": {"hidden": 16, "ff": 32}}}}
+def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_path):
+    spec = {**LONG, "name": "long", "train": {**LONG["train"], "steps": 400},
+            "model": {**LONG["model"], "sizes": {"s": {"hidden": 8, "ff": 16}, "m": {"hidden": 16, "ff": 32}}}}
     spec_path = write_spec(tmp_path, spec)
+    reference = cli("run", spec_path, "model.sizes={s: {hidden: 8, ff: 16}}", "--output", tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
     process = start_cli("run", spec_path, "--executor", "processes", "--workers", "2", "--output", tmp_path)
-    root = tmp_path / "60-steps"
+    root = tmp_path / "long"
     folders = [root / "runs" / "s-seed0", root / "runs" / "m-seed0"]
     wait_until(lambda: all(rows(f) > 5 for f in folders), what="both runs under way")
     process.send_signal(signal.SIGINT)  # to the parent only: it stops the workers
@@ -273,14 +275,15 @@ def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_p
     assert process.returncode == 130, stderr[-3000:]
     for folder in folders:
         status = status_of(folder)
-        assert status["status"] == "KILLED" and 0 < status["step"] < 60, status
+        assert status["status"] == "KILLED" and 0 < status["step"] < 400, status
     assert f"specreach run --resume {root}" in stdout
 
     resumed = cli("run", "--resume", root, "--executor", "processes")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_tables(folders[0] / "metrics.csv", references["long"] / "s-seed0" / "metrics.csv")
+    assert_same_tables(folders[0] / "metrics.csv", tmp_path / "reference" / "long" / "runs" / "s-seed0" / "metrics.csv")
     for folder in folders:
         assert status_of(folder)["status"] == "FINISHED"
+    assert_every_step_logged_once(root, "long", "s-seed0", 400)
 
 
 # --- a Ray cluster -------------------------------------------------------------------------------
