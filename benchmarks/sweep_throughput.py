@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -95,6 +96,7 @@ def main() -> None:
                     ray.shutdown()
             else:
                 times[name].append(timed(engine))
+    shutil.rmtree(workdir, ignore_errors=True)
     local = min(times["local"])
     shape = "1 Llama size × 8 seeds" if args.sizes == "one" else "2 Llama sizes × 4 seeds"
     print(f"8 runs ({shape}, {args.steps} steps, quick-start measurement, SQLite tracking), "
