@@ -194,6 +194,9 @@ class MeasureSection(Strict):
     fixed_batch: bool = Field(False, description=(
         "A is the validation pool's first `batch_size` samples at every measured step instead of the training "
         "batch: the same inputs at initialization and after training (with cross_batch: false, B = A)."))
+    verify: bool = Field(True, description=(
+        "At the run's first measurement, check the fast per-sample norms against plain autograd on two samples "
+        "(cheap; a mismatch fails the run naming the parameter groups). See `specreach check-model`."))
 
     @model_validator(mode="after")
     def _estimator_known(self):

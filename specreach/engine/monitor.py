@@ -60,6 +60,8 @@ class MonitorConfig:
     # same weights). Under mixed precision they are not, and the measurement recomputes them.
     reuse_step_gradient: bool = True
     spectra_dir: Path | None = None  # explicit-kernel estimators: where to keep each step's spectrum
+    # At the first measurement, check the fast per-sample norms against plain autograd (lnp.verify).
+    verify: bool = False
 
 
 class LNPMonitor:
@@ -112,7 +114,7 @@ class LNPMonitor:
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
                 estimator=config.estimator, probes=config.probes, generator=self.probe_generator,
-                **dict(config.estimator_options),
+                verify=config.verify and self.last_result is None, **dict(config.estimator_options),
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())

@@ -131,7 +131,7 @@ class RunSession:
                 batch_size=run.measure.batch_size or run.train.batch_size, cross_batch=run.measure.cross_batch,
                 fixed_batch=run.measure.fixed_batch,
                 seed=run.seed, enabled=run.measure.enabled, reuse_step_gradient=run.train.precision == "fp32",
-                spectra_dir=self.folder.spectra),
+                spectra_dir=self.folder.spectra, verify=run.measure.verify),
             sink=self.sink,
         )
         torch.manual_seed(run.seed)  # dropout and anything else drawing from the global RNG
