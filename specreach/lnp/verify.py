@@ -14,6 +14,7 @@ first measurement of every run (the engine's ``measure.verify``) and in ``specre
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -103,7 +104,7 @@ def verify_model(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: M
                      None, None if loss_mask is None else loss_mask[first])
     problem = MeasurementProblem(model=model, loss_fn=loss_fn, params=params, batch_a=sub, batch_b=None,
                                  generator=generator, probes=None, ignore_index=ignore_index)
-    with untouched(model), evaluation_mode(model), full_precision(model), torch.enable_grad():
+    with untouched(model), evaluation_mode(model), full_precision(model), torch.enable_grad(), _no_tf32():
         report = _verify(problem, sub, count)
     mismatches = report.mismatches()
     if mismatches and raise_on_mismatch:
@@ -120,6 +121,18 @@ def verify_model(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: M
             f"How those parameters were computed: {paths}. This is a gap in the fast path for this model: "
             "measure it with estimator='entk' (small models), and please report the model.", report)
     return report
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """On GPUs, TF32 matmuls and convolutions would round the two computations differently."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def _verify(problem: MeasurementProblem, batch: Batch, count: int) -> VerificationReport:
