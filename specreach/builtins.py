@@ -41,3 +41,9 @@ def register_executors(register):
     register("specreach.engine.executors.local:LocalExecutor", name="local")
     register("specreach.engine.executors.processes:ProcessExecutor", name="processes")
     register("specreach.engine.executors.ray:RayExecutor", name="ray")
+
+
+@hookimpl
+def register_layer_rules(register):
+    register("specreach.models.layer_rules:MupReadoutRules", name="mup-readout", requires="mup")
+    register("specreach.models.layer_rules:TimmLayerNormRules", name="timm-layernorm", requires="timm")

@@ -58,6 +58,11 @@ class Hooks:
     def register_executors(self, register: Callable[..., None]) -> None:
         """Register executors (subclasses of ``specreach.engine.executors.Executor``): how runs are run."""
 
+    @hookspec
+    def register_layer_rules(self, register: Callable[..., None]) -> None:
+        """Register per-sample rules for a package's layers: classes with ``name``, ``requires`` (the
+        module whose layers they cover) and ``install()`` (see ``specreach.lnp.layer_rules``)."""
+
 
 class PluginLoadError(RuntimeError):
     """A plugin could not be imported or registered (raised only with strict loading)."""
@@ -220,6 +225,9 @@ class PluginManager:
 
     def executors(self) -> dict[str, Registered]:
         return self.components("register_executors")
+
+    def layer_rules(self) -> dict[str, Registered]:
+        return self.components("register_layer_rules")
 
 
 _default: PluginManager | None = None

@@ -104,3 +104,56 @@ def test_estimator_instances_can_be_passed_directly(float64):
     assert result.estimator == "exact"
     with pytest.raises(ValueError, match="max_outputs=2"):
         measure_lnp(model, loss_fn, batch_a, estimator=Exact(max_outputs=2))
+
+
+def test_a_plugin_brings_rules_for_its_own_layers(float64):
+    """A package's linear layer on a scaled input: its plugin registers the rule, and the measurement
+    uses it (a layer rule, the readout's closed form) and still matches the explicit eNTK."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class HalfLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(0.5 * x)
+
+    class HalfLinearRules:
+        name = "half-linear"
+        requires = None
+
+        @staticmethod
+        def install():
+            from specreach.lnp.layer_rules import register_linear
+
+            register_linear(HalfLinear, lambda layer: 0.5)
+
+    module = types.ModuleType("half")
+
+    @hookimpl
+    def register_layer_rules(register):
+        register(HalfLinearRules)
+
+    module.register_layer_rules = register_layer_rules
+    torch.manual_seed(0)
+    model = nn.Sequential(HalfLinear(4, 3), nn.Tanh(), HalfLinear(3, 6))
+    batch = (torch.randn(5, 4), torch.randint(0, 6, (5,)))
+    before = measure_lnp(model, F.cross_entropy, batch).paths
+    assert before["0.weight"].startswith("op rules: linear")  # unknown layer: seen through its F.linear
+    manager = get_plugin_manager()
+    manager.register(module, name="half")
+    try:
+        result = measure_lnp(model, F.cross_entropy, batch, estimator="exact")
+        assert result.paths["0.weight"] == "HalfLinear layer rule of '0'"
+        assert result.paths["2.weight"] == "closed form of the linear readout '2'"
+        expected = lnp_reference(model, F.cross_entropy, batch)
+        assert result.network_magnitude == pytest.approx(expected["network_magnitude"], rel=1e-9)
+    finally:
+        manager.unregister("half")
+
+
+def test_the_measurement_core_imports_no_model_packages():
+    import subprocess
+    import sys
+
+    code = "import sys, specreach.lnp; print(sorted({'mup', 'timm'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

@@ -33,13 +33,12 @@ from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
 from torch import Tensor, nn
 
-from specreach.lnp import opacus_rules
+from specreach.lnp.layer_rules import linear_types
 from specreach.lnp.forward_record import ForwardRecorder, ModuleCall, is_batched
 from specreach.lnp.op_rules import OpRule, classify
 
 GRAD_SAMPLERS = GradSampleHooks.GRAD_SAMPLERS
 NORM_SAMPLERS = GradSampleHooksFastGradientClipping.NORM_SAMPLERS
-LINEAR_TYPES = (nn.Linear, *opacus_rules.MUP_READOUTS)
 #: The parameter attributes a layer rule knows; a layer holding others (e.g. ``weight_orig`` of
 #: ``torch.nn.utils.prune``) is not the plain layer its rule describes.
 RULE_ATTRIBUTES = {"weight", "bias"}
@@ -47,7 +46,7 @@ RULE_ATTRIBUTES = {"weight", "bias"}
 
 def has_layer_rule(module: nn.Module) -> bool:
     kind = type(module)
-    return kind in LINEAR_TYPES or kind in GRAD_SAMPLERS or kind in NORM_SAMPLERS
+    return kind in linear_types() or kind in GRAD_SAMPLERS or kind in NORM_SAMPLERS
 
 
 @dataclass

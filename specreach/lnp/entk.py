@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from specreach.lnp.estimator import Estimator
-from specreach.lnp.opacus_rules import fixed_mup_width_mults
+from specreach.lnp.layer_rules import functional_call_context
 from specreach.lnp.per_sample_norms import group_of
 from specreach.lnp.problem import Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
@@ -68,7 +68,7 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
         return outputs.reshape(-1)[rows]
 
     output_grad = measured.output_grad.reshape(-1)[rows].double()
-    with fixed_mup_width_mults(problem.model):
+    with functional_call_context(problem.model):
         jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
     rows = rows.numel()
     blocks = [j.reshape(rows, -1).double() for j in jacobians]

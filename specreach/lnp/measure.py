@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from specreach.lnp.estimator import Estimator
+from specreach.lnp.layer_rules import install_layer_rules
 from specreach.lnp.loss_units import IgnoreIndex
 from specreach.lnp.problem import (
     LossFn, MeasurementProblem, check_measurable, evaluation_mode, full_precision, make_batch,
@@ -101,6 +102,7 @@ def measure_lnp_at_step(
     dropout or in mixed precision it is recomputed on the measured function instead, and
     ``result.step_gradient_reused`` is False.
     """
+    install_layer_rules()
     est = resolve_estimator(estimator, estimator_options)
     params = trainable_parameters(model)
     check_measurable(model)

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from specreach.lnp import opacus_rules
+from specreach.lnp.layer_rules import functional_call_context, input_scale, linear_types
 from specreach.lnp.coverage import (
-    GRAD_SAMPLERS, LINEAR_TYPES, NORM_SAMPLERS, CoveragePlan, RuleCall, plan_coverage,
+    GRAD_SAMPLERS, NORM_SAMPLERS, CoveragePlan, RuleCall, plan_coverage,
 )
 from specreach.lnp.forward_record import ForwardRecorder, is_batched
 from specreach.lnp.readout import LinearReadout
@@ -87,7 +87,7 @@ class PerSampleNormTape:
         """
         for rule in self.plan.rule_calls:
             call = rule.call
-            if rule.vjp or type(call.module) not in LINEAR_TYPES or call.output is not outputs:
+            if rule.vjp or type(call.module) not in linear_types() or call.output is not outputs:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
@@ -150,7 +150,7 @@ class PerSampleNormTape:
         module, call = rule.call.module, rule.call
         materialize = any(id(p) in self.plan.summed for p in rule.parameters.values())
         kind = type(module)
-        if kind in LINEAR_TYPES:
+        if kind in linear_types():
             yield from self._linear(rule, backprop, materialize)
         elif kind is nn.RMSNorm:
             yield from self._rms_norm(rule, backprop)
@@ -174,7 +174,7 @@ class PerSampleNormTape:
         """Linear layers over any number of positions T: ghost norm or materialized gradient, by cost."""
         module = rule.call.module
         n = backprop.shape[0]
-        scale = opacus_rules.readout_input_scale(module) if isinstance(module, opacus_rules.MUP_READOUTS) else 1.0
+        scale = input_scale(module)
         g = backprop.reshape(n, -1, module.out_features)
         positions = g.shape[1]
 
@@ -258,7 +258,7 @@ def _call_vjp(rule: RuleCall, backprop: Tensor, n: int):
         return vjp(grad_output.unsqueeze(0))[0]
 
     try:
-        with opacus_rules.fixed_mup_width_mults(call.module):
+        with functional_call_context(call.module):
             grads = torch.func.vmap(sample_vjp, in_dims=(dims, 0), randomness="error")(inputs, backprop)
     except RuntimeError as error:
         names = ", ".join(sorted(rule.parameters))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from specreach.lnp import opacus_rules
+from specreach.lnp.layer_rules import input_scale
 from specreach.lnp.forward_record import ModuleCall
 
 
@@ -29,8 +29,7 @@ class LinearReadout:
         self.module = call.module
         self.param_names = param_names
         self.input = call.args[0]
-        self.scale = (opacus_rules.readout_input_scale(self.module)
-                      if isinstance(self.module, opacus_rules.MUP_READOUTS) else 1.0)
+        self.scale = input_scale(self.module)
 
     def worthwhile(self) -> bool:
         return self.module.in_features < self.module.out_features and self.input.requires_grad

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from specreach.lnp.layer_rules import install_layer_rules
 from specreach.lnp.loss_units import IgnoreIndex, mask_outputs
 from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
 from specreach.lnp.problem import (
@@ -93,6 +94,7 @@ def verify_model(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: M
     Raises :class:`VerificationError` with the per-group mismatch (unless ``raise_on_mismatch``
     is False); returns the report otherwise. The model comes back untouched.
     """
+    install_layer_rules()
     params = dict(params) if params is not None else trainable_parameters(model)
     check_measurable(model)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
