@@ -1,88 +1,63 @@
 """YAML + command-line overrides → a validated :class:`~specreach.spec.Spec`, with errors that point
-at ``FILE:LINE: key.path: message`` and suggest the closest valid key or kind.
+at ``FILE:LINE: key.path: message`` (or ``override 'KEY=VALUE': key.path: message``) and suggest
+the closest valid key or kind.
 
-Loading: the YAML is read with OmegaConf (so ``${train.lr}``-style interpolation works), dotted
-overrides (``train.lr=1e-3``, ``model.presets=[a,b]``) are applied — an override of a key that
-does not exist is an error, never a silently added key — and the result is validated by the
-Pydantic spec. Line numbers come from the YAML node tree.
+Loading: the file is read safely (:mod:`specreach.spec_file`: UTF-8, bounded nesting and
+aliases, no duplicate keys), overrides are applied in Hydra's grammar
+(:mod:`specreach.overrides`), ``${...}`` interpolations are resolved by OmegaConf (never
+``${oc.env:...}``: a spec does not read the environment, whose values would be copied into
+spec.yaml and MLflow), and the result is validated by the Pydantic spec. What Pydantic lets
+through is checked here too: a boolean where a number belongs (``lr: true`` is not 1.0), a
+non-finite number, a kind that is not a name. :func:`check_spec` adds what depends on this
+machine (its devices) and warns about model sizes too big for it.
+
+Nothing here raises a raw Python error on any input: every problem is a :class:`SpecError`.
 """
 
 from __future__ import annotations
 
-import difflib
+import math
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from specreach import overrides as override_grammar
 from specreach.models.presets import PRESETS
 from specreach.plugins import get_plugin_manager
 from specreach.spec import Spec
+from specreach.spec_file import KeyPath, Problem, SpecError, line_for
+from specreach.spec_file import load as load_file
+from specreach.suggest import did_you_mean
 
-Path_ = tuple[Any, ...]
+__all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_spec", "validate_config"]
 
-
-@dataclass(frozen=True)
-class Problem:
-    source: str  # file name, or "override"
-    line: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.path or '(spec)'}: {self.message}"
+ENVIRONMENT = re.compile(r"\$\{\s*(oc\.env|env)\s*:\s*([^,}]*)")
 
 
-class SpecError(ValueError):
-    """A spec that cannot be used; ``problems`` lists every issue found."""
+@dataclass
+class Loaded:
+    """A spec file with its overrides applied and interpolations resolved, not yet validated."""
 
-    def __init__(self, problems: Sequence[Problem]):
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+    config: Any
+    lines: dict[KeyPath, int]
+    source: str
+    origins: dict[str, str]  # dotted key → the override that set it
 
-
-def _suggest(word: str, options) -> str:
-    options = [str(o) for o in options]
-    close = difflib.get_close_matches(str(word), options, n=1)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    return f" (valid: {', '.join(options)})" if options else ""
-
-
-# --- line numbers --------------------------------------------------------------------------------
-
-def line_map(text: str) -> dict[Path_, int]:
-    """1-based line of every key path in a YAML document (list items by index)."""
-    lines: dict[Path_, int] = {}
-
-    def walk(node, path: Path_) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = (*path, key.value)
-                lines[child] = key.start_mark.line + 1
-                walk(value, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[(*path, index)] = item.start_mark.line + 1
-                walk(item, (*path, index))
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _line_for(lines: dict[Path_, int], path: Path_) -> int:
-    for end in range(len(path), 0, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return 1
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        """A problem at ``path``, blamed on the override that set it or on the file's line."""
+        dotted = ".".join(map(str, path))
+        for key, override in sorted(self.origins.items(), key=lambda item: -len(item[0])):
+            if dotted == key or dotted.startswith(key + "."):
+                return Problem(override, None, dotted, message)
+        return Problem(self.source, line_for(self.lines, path), dotted, message)
 
 
 # --- which keys exist ----------------------------------------------------------------------------
@@ -99,7 +74,7 @@ def _model_class(annotation) -> type[BaseModel] | None:
     return None
 
 
-def _component_params_class(config: dict, path: Path_) -> type[BaseModel] | None:
+def _component_params_class(config: dict, path: tuple) -> type[BaseModel] | None:
     """The plugin parameter model for ``model.params``, ``model.sizes.X``, ``data.params``,
     ``measure.options`` and ``execution.params``."""
     manager = get_plugin_manager()
@@ -118,7 +93,7 @@ def _component_params_class(config: dict, path: Path_) -> type[BaseModel] | None
     return None
 
 
-def valid_keys(config: dict, path: Path_) -> list[str] | None:
+def valid_keys(config: dict, path: tuple) -> list[str] | None:
     """Keys that may appear under ``path`` (None: any key)."""
     params_class = _component_params_class(config, path)
     if params_class is not None:
@@ -133,165 +108,289 @@ def valid_keys(config: dict, path: Path_) -> list[str] | None:
 
 # --- loading -------------------------------------------------------------------------------------
 
-def _read(path: Path) -> str:
-    if not path.is_file():
-        raise SpecError([Problem(str(path), 1, "", "no such spec file; give the path of a YAML spec")])
-    text = path.read_text()
-    if not text.strip():
-        raise SpecError([Problem(str(path), 1, "", "the spec file is empty; see specs/quickstart.yaml for an example")])
-    return text
-
-
-def _parse_override(override: str) -> tuple[str, Any]:
-    if "=" not in override:
-        raise SpecError([Problem("override", 1, override, "an override reads KEY=VALUE, e.g. train.lr=1e-3")])
-    key, raw = override.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as error:
-        raise SpecError([Problem("override", 1, key, f"cannot parse value {raw!r}: {error}")]) from None
-    return key.strip(), value
-
-
-def _check_override_key(config: dict, key: str, index: int) -> None:
-    parts = key.split(".")
-    node: Any = config
-    for depth, part in enumerate(parts):
-        here = tuple(parts[:depth])
-        keys = valid_keys(config, here)
-        exists = isinstance(node, dict) and part in node
-        if not exists and keys is not None and part not in keys:
-            candidates = sorted(set(keys) | (set(node) if isinstance(node, dict) else set()))
-            raise SpecError([Problem("override", index, key, f"no key '{part}' in {'.'.join(here) or 'the spec'}"
-                                     + _suggest(part, candidates))])
-        node = node.get(part) if isinstance(node, dict) else None
-
-
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[dict, dict[Path_, int], str]:
-    """The resolved spec as a plain dict, its line map, and the source name for messages."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
+    """The spec file with ``overrides`` applied and interpolations resolved (not validated)."""
     path = Path(path)
-    text = _read(path)
-    source = str(path)
+    data, lines, source = load_file(path)
+    if not isinstance(data, dict):
+        raise SpecError([Problem(source, 1, "", f"a spec is a mapping of sections, not a {type(data).__name__}")])
+    parsed = override_grammar.parse([str(o) for o in overrides])
+    config, origins = override_grammar.apply(data, parsed, valid_keys)
+    loaded = Loaded(config, lines, source, origins)
+    _refuse_environment(loaded)
     try:
-        lines = line_map(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(error, "problem", None) or str(error)
-        raise SpecError([Problem(source, line, "", f"malformed YAML: {problem}")]) from None
-    if not isinstance(raw, dict):
-        raise SpecError([Problem(source, 1, "", f"a spec is a mapping of sections, not a {type(raw).__name__}")])
-    config = OmegaConf.create(raw)
-    for index, override in enumerate(overrides, start=1):
-        key, value = _parse_override(override)
-        _check_override_key(OmegaConf.to_container(config, resolve=False), key, index)
-        OmegaConf.update(config, key, value, merge=False, force_add=True)
-    try:
-        resolved = OmegaConf.to_container(config, resolve=True)
+        loaded.config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", "") or ""
-        line = _line_for(lines, tuple(key.split("."))) if key else 1
-        raise SpecError([Problem(source, line, key, f"interpolation failed: {str(error).splitlines()[0]}")]) from None
-    return resolved, lines, source
+        key = str(getattr(error, "full_key", "") or "")
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SpecError([loaded.problem(tuple(key.split(".")) if key else (), f"cannot resolve it: {message}")]) \
+            from None
+    except (ValueError, TypeError, KeyError, RecursionError) as error:  # keys OmegaConf cannot hold
+        raise SpecError([Problem(source, 1, "", f"cannot be read as a spec: {type(error).__name__}: {error}")]) \
+            from None
+    return loaded
 
 
-def _component_problems(config: dict, lines: dict[Path_, int], source: str) -> list[Problem]:
+def _refuse_environment(loaded: Loaded) -> None:
+    """``${oc.env:VAR}`` would copy the environment into spec.yaml and MLflow params: refused."""
+    problems = []
+    for path, value in _leaves(loaded.config):
+        if isinstance(value, str) and (found := ENVIRONMENT.search(value)):
+            problems.append(loaded.problem(path, f"reads environment variable {found.group(2).strip() or '?'}: a "
+                                                 "spec does not read the environment (its value would be copied "
+                                                 "into spec.yaml and MLflow params); write the value, or pass it "
+                                                 "as an override"))
+    if problems:
+        raise SpecError(problems)
+
+
+def _leaves(node: Any, path: KeyPath = ()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _leaves(value, (*path, index))
+    else:
+        yield path, node
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _component_problems(loaded: Loaded) -> list[Problem]:
     """Registry kinds and plugin parameters, checked first so that errors point at the exact key."""
+    config = loaded.config
     manager = get_plugin_manager()
     problems: list[Problem] = []
 
-    def problem(path: Path_, message: str) -> None:
-        problems.append(Problem(source, _line_for(lines, path), ".".join(map(str, path)), message))
+    def problem(path: KeyPath, message: str) -> None:
+        problems.append(loaded.problem(path, message))
 
-    def check_params(params_class, params, path: Path_) -> None:
+    def check_params(params_class, params, path: KeyPath) -> None:
         if not isinstance(params, dict):
-            problem(path, f"expected a mapping of parameters, got {type(params).__name__}")
+            problem(path, f"expected a mapping of parameters, got {_kind_of(params)}")
             return
         try:
-            params_class(**params)
+            validated = params_class(**{str(k): v for k, v in params.items()})
         except ValidationError as error:
             for item in error.errors():
                 loc = tuple(item["loc"])
-                key_path = path + loc
                 if item["type"] == "extra_forbidden":
-                    problem(key_path, f"unknown parameter{_suggest(loc[-1], params_class.model_fields)}")
+                    problem(path + loc, f"unknown parameter{did_you_mean(loc[-1], params_class.model_fields)}")
                 else:
-                    problem(key_path, item["msg"])
+                    problem(path + loc, item["msg"].removeprefix("Value error, "))
+            return
+        except (TypeError, ValueError) as error:  # a parameter model's own validator that raised oddly
+            problem(path, f"{type(error).__name__}: {error}")
+            return
+        for key, value in params.items():  # Pydantic takes true for 1: a number must be written as one
+            if isinstance(value, bool) and _is_number(getattr(validated, str(key), None)):
+                problem((*path, key), f"expected a number, got {str(value).lower()}")
+
+    def kind_of(section: dict, key: str, default: str | None = None) -> str | None:
+        kind = section.get(key, default)
+        if kind is not None and not isinstance(kind, str):
+            problem((section_name, key), f"must be a name (text), not {_kind_of(kind)}")
+            return None
+        return kind
 
     model = config.get("model")
     if isinstance(model, dict):
+        section_name = "model"
         if isinstance(model.get("presets"), list):
             for index, name in enumerate(model["presets"]):
-                if name not in PRESETS:
-                    problem(("model", "presets", index), f"unknown preset '{name}'{_suggest(name, PRESETS)}")
-        kind = model.get("kind")
+                if not isinstance(name, str) or name not in PRESETS:
+                    problem(("model", "presets", index), f"unknown preset '{name}'{did_you_mean(name, PRESETS)}")
+        kind = kind_of(model, "kind")
         if kind is not None:
             registry = manager.models()
             if kind not in registry:
-                problem(("model", "kind"), f"unknown model kind '{kind}'{_suggest(kind, registry)}")
+                problem(("model", "kind"), manager.why_unknown("model", kind))
             else:
                 params_class = registry[kind].params
                 shared = model.get("params") or {}
                 sizes = model.get("sizes") or {"": {}}
-                if isinstance(sizes, dict):
-                    for size, overrides in sizes.items():
-                        path = ("model", "sizes", size) if size else ("model", "params")
-                        if isinstance(shared, dict) and isinstance(overrides, dict):
-                            check_params(params_class, {**shared, **overrides}, path)
+                if not isinstance(shared, dict):
+                    problem(("model", "params"), f"expected a mapping of parameters, got {_kind_of(shared)}")
+                elif not isinstance(sizes, dict):
+                    problem(("model", "sizes"), f"expected a mapping of size names to parameters, got "
+                                                f"{_kind_of(sizes)}")
+                else:
+                    for size, size_params in sizes.items():
+                        path = ("model", "sizes", size) if size != "" else ("model", "params")
+                        if isinstance(size_params, dict):
+                            check_params(params_class, {**shared, **size_params}, path)
+                        else:
+                            problem(path, f"expected a mapping of parameters, got {_kind_of(size_params)}")
     data = config.get("data")
-    if isinstance(data, dict) and isinstance(data.get("kind"), str):
+    if isinstance(data, dict):
+        section_name = "data"
+        kind = kind_of(data, "kind")
         registry = manager.datasets()
-        if data["kind"] not in registry:
-            problem(("data", "kind"), f"unknown data kind '{data['kind']}'{_suggest(data['kind'], registry)}")
-        else:
-            check_params(registry[data["kind"]].params, data.get("params") or {}, ("data", "params"))
+        if kind is not None and kind not in registry:
+            problem(("data", "kind"), manager.why_unknown("dataset", kind))
+        elif kind is not None:
+            check_params(registry[kind].params, data.get("params") or {}, ("data", "params"))
     measure = config.get("measure")
-    if isinstance(measure, dict) and isinstance(measure.get("estimator"), str):
+    if isinstance(measure, dict):
+        section_name = "measure"
+        estimator = kind_of(measure, "estimator")
         registry = manager.estimators()
-        if measure["estimator"] not in registry:
-            problem(("measure", "estimator"),
-                    f"unknown estimator '{measure['estimator']}'{_suggest(measure['estimator'], registry)}")
-        elif measure.get("options") or registry[measure["estimator"]].params_known:
-            check_params(registry[measure["estimator"]].params, measure.get("options") or {}, ("measure", "options"))
+        if estimator is not None and estimator not in registry:
+            problem(("measure", "estimator"), manager.why_unknown("estimator", estimator))
+        elif estimator is not None and (measure.get("options") or registry[estimator].params_known):
+            check_params(registry[estimator].params, measure.get("options") or {}, ("measure", "options"))
     execution = config.get("execution")
-    if isinstance(execution, dict) and isinstance(execution.get("kind", "local"), str):
+    if isinstance(execution, dict):
+        section_name = "execution"
+        kind = kind_of(execution, "kind", "local")
         registry = manager.executors()
-        kind = execution.get("kind", "local")
-        if kind not in registry:
-            problem(("execution", "kind"), f"unknown executor '{kind}'{_suggest(kind, registry)}")
-        else:
+        if kind is not None and kind not in registry:
+            problem(("execution", "kind"), manager.why_unknown("executor", kind))
+        elif kind is not None:
             check_params(registry[kind].params, execution.get("params") or {}, ("execution", "params"))
     return problems
 
 
-def validate_config(config: dict, lines: dict[Path_, int], source: str) -> Spec:
-    problems = _component_problems(config, lines, source)
+def _kind_of(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "a boolean", type(None): "nothing (null)"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _top_level_problems(loaded: Loaded) -> list[Problem]:
+    """Keys that cannot be fields at all (not text), dotted keys written in the file, non-finite numbers."""
+    problems = []
+    for key in loaded.config:
+        if not isinstance(key, str):
+            problems.append(loaded.problem((key,), f"a key must be a name, not {_kind_of(key)} {key!r}"))
+    for path, value in _leaves(loaded.config):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(loaded.problem(path, f"{value} is not a usable number here; write a finite value"))
+        elif any(not isinstance(part, (str, int)) or isinstance(part, bool) for part in path):
+            bad = next(part for part in path if not isinstance(part, (str, int)) or isinstance(part, bool))
+            problems.append(loaded.problem(path, f"a key must be a name, not {_kind_of(bad)} {bad!r}"))
+    return problems
+
+
+def _pydantic_problems(loaded: Loaded, error: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    items = []
+    for item in error.errors():
+        loc, tag = _config_path(loaded.config, tuple(item["loc"]))
+        items.append({**item, "path": loc, "tag": tag})
+    # A union (e.g. measure.schedule) reports every member's complaint; keep the member that came closest.
+    tags: dict[KeyPath, dict[str, int]] = {}
+    for item in items:
+        if item["tag"] is not None:
+            place, name = item["tag"]
+            tags.setdefault(place, {}).setdefault(name, 0)
+            tags[place][name] += 1
+    best = {place: min(counts, key=counts.get) for place, counts in tags.items()}
+    for item in items:
+        if item["tag"] is not None and best[item["tag"][0]] != item["tag"][1]:
+            continue
+        loc = item["path"]
+        message = item["msg"].removeprefix("Value error, ")
+        if not loc and ": " in message and " " not in message.split(": ", 1)[0]:
+            key, message = message.split(": ", 1)  # a cross-section check names its key
+            loc = tuple(key.split("."))
+        if item["type"] == "extra_forbidden" and loc:
+            keys = valid_keys(loaded.config, loc[:-1]) or []
+            last = str(loc[-1])
+            if "." in last and len(loc) == 1:
+                message = (f"unknown key: dotted keys are not expanded in a spec file; write "
+                           f"{last.split('.')[0]}: {{{'.'.join(last.split('.')[1:])}: ...}}")
+            else:
+                message = f"unknown key{did_you_mean(last, keys)}"
+        problems.append(loaded.problem(loc, message))
+    return problems
+
+
+def _config_path(config: Any, loc: KeyPath) -> tuple[KeyPath, tuple[KeyPath, str] | None]:
+    """Pydantic's error location → the key path in the config, without union member names (which
+    Pydantic inserts, e.g. 'LogWindows' or 'list[int]'); also the union member, if one was named."""
+    path: list = []
+    node = config
+    tag = None
+    for part in loc:
+        if isinstance(node, dict) and (part in node or str(part) in map(str, node)):
+            path.append(part)
+            node = node.get(part, None) if part in node else None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(part, str) and (part[:1].isupper() or "[" in part):
+            tag = (tuple(path), part)
+        else:
+            path.append(part)
+            node = None
+    return tuple(path), tag
+
+
+def _bool_problems(loaded: Loaded, spec: Spec) -> list[Problem]:
+    """``lr: true`` validates as 1.0 in Pydantic: a number must be written as a number."""
+    dumped = spec.model_dump(mode="python")
+    problems = []
+    for path, value in _leaves(loaded.config):
+        if not isinstance(value, bool):
+            continue
+        node: Any = dumped
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, (list, tuple)) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
+                break
+        if _is_number(node):
+            problems.append(loaded.problem(path, f"expected a number, got {str(value).lower()}"))
+    return problems
+
+
+def validate_config(loaded: Loaded) -> Spec:
+    problems = _top_level_problems(loaded) or _component_problems(loaded)
     if problems:
         raise SpecError(problems)
     try:
-        return Spec.model_validate(config)
+        spec = Spec.model_validate(loaded.config)
     except ValidationError as error:
-        for item in error.errors():
-            loc = tuple(item["loc"])
-            # Pydantic reports union members as extra loc parts (e.g. 'LogWindows'); drop them.
-            loc = tuple(part for part in loc if not (isinstance(part, str) and part[:1].isupper()))
-            message = item["msg"].removeprefix("Value error, ")
-            if not loc and ": " in message and " " not in message.split(": ", 1)[0]:
-                key, message = message.split(": ", 1)  # a cross-section check names its key
-                loc = tuple(key.split("."))
-            if item["type"] == "extra_forbidden":
-                keys = valid_keys(config, loc[:-1]) or []
-                message = f"unknown key{_suggest(loc[-1], keys)}"
-            problems.append(Problem(source, _line_for(lines, loc), ".".join(map(str, loc)), message))
-        raise SpecError(_unique(problems)) from None
-
-
-def _unique(problems: list[Problem]) -> list[Problem]:
-    return list(dict.fromkeys(problems))
+        raise SpecError(_pydantic_problems(loaded, error)) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # a validator met a shape it did not expect
+        raise SpecError([Problem(loaded.source, 1, "", f"cannot be validated: {type(error).__name__}: {error}")]) \
+            from None
+    problems = _bool_problems(loaded, spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load, override, resolve and validate a spec file."""
-    config, lines, source = load_config(path, overrides)
-    return validate_config(config, lines, source)
+    return validate_config(load_config(path, overrides))
+
+
+# --- what depends on this machine ----------------------------------------------------------------
+
+def check_spec(path: str | Path, overrides: Sequence[str] = (), *, here: bool = True) -> tuple[Spec, list[str]]:
+    """:func:`load_spec`, then (``here``: the runs execute on this machine) refuse devices this
+    machine does not have; returns the spec and warnings (sizes too big for this machine)."""
+    from specreach.engine.sizes import size_warnings
+    from specreach.machine import device_problem
+
+    loaded = load_config(path, overrides)
+    spec = validate_config(loaded)
+    if here and spec.execution.kind in ("local", "processes"):
+        problem = device_problem(spec.train.device)
+        if problem:
+            raise SpecError([loaded.problem(("train", "device"), problem)])
+    return spec, size_warnings(spec, here=here and spec.execution.kind in ("local", "processes"))
+
+
+def warn_all(messages: Sequence[str]) -> None:
+    for message in messages:
+        warnings.warn(message, stacklevel=2)

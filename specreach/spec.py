@@ -11,19 +11,41 @@ under a second.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from specreach.models.presets import PRESETS
 from specreach.params.models import Parameterization
-from specreach.plugins import get_plugin_manager
+from specreach.plugins import lookup
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never meant: a spec's numbers are finite (``lr: .inf`` is refused).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: A name that becomes one path component (run folders) and part of MLflow keys: letters, digits, _ . -
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: Run folder names may also hold the = and + of sweep values (``lr=1e-3``, ``flops=1e+10``).
+RUN_NAME = re.compile(r"[A-Za-z0-9_.+=-]+")
+#: Bounds on what no run can mean: they catch a typo before it hangs a run or fills the disk.
+MAX_STEPS = 10**9
+MAX_SEEDS = 10_000
+MAX_PROBES = 4096
+MAX_BATCH = 10**6
+
+
+def safe_name(value: str, what: str, pattern: re.Pattern = NAME) -> str:
+    """``value`` if it is a safe single path component (and MLflow key part), else a clear error."""
+    if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
+        allowed = "letters, digits and _ . -" + (" + =" if pattern is RUN_NAME else "")
+        raise ValueError(f"{what} {value!r} cannot name a folder or an MLflow key: use {allowed} "
+                         "(not '.' or '..')")
+    return value
 
 
 def _closest(word: str, options) -> str:
@@ -33,12 +55,17 @@ def _closest(word: str, options) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (one of: {', '.join(options)})"
 
 
-def validate_component_params(registry: dict, kind: str, params: dict[str, Any], what: str) -> dict[str, Any]:
-    """Check ``kind`` is registered and ``params`` fit its parameter model; return the validated params."""
-    if kind not in registry:
-        raise PydanticCustomError("unknown_kind", f"unknown {what} kind '{{kind}}'{_closest(kind, registry)}",
-                                  {"kind": kind})
-    return registry[kind].params(**params).model_dump()
+def registered(kind: str, name: str):
+    """The registration of a component; an unknown name is a validation error with the registry's message."""
+    try:
+        return lookup(kind, name)
+    except ValueError as error:  # unknown, or registered twice
+        raise PydanticCustomError("unknown_kind", "{message}", {"message": str(error)}) from None
+
+
+def validate_component_params(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check ``name`` is a registered ``kind`` and ``params`` fit its parameter model; return the validated params."""
+    return registered(kind, name).params(**params).model_dump()
 
 
 class ModelSection(Strict):
@@ -52,6 +79,8 @@ class ModelSection(Strict):
 
     @model_validator(mode="after")
     def _one_way(self):
+        for size in self.sizes or {}:
+            safe_name(size, "size name")
         if (self.kind is None) == (self.presets is None):
             raise ValueError("give either 'kind' (with params and optional sizes) or 'presets', not both or neither")
         if self.presets is not None:
@@ -62,9 +91,8 @@ class ModelSection(Strict):
             if self.params or self.sizes:
                 raise ValueError("'params' and 'sizes' go with 'kind', not with 'presets'")
             return self
-        registry = get_plugin_manager().models()
         for size, overrides in (self.sizes or {"default": {}}).items():
-            validate_component_params(registry, self.kind, {**self.params, **overrides}, "model")
+            validate_component_params("model", self.kind, {**self.params, **overrides})
         return self
 
     def members(self) -> list[tuple[str, str, dict[str, Any], dict | None, float | None]]:
@@ -82,22 +110,23 @@ class DataSection(Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        validate_component_params(get_plugin_manager().datasets(), self.kind, self.params, "data")
+        validate_component_params("dataset", self.kind, self.params)
         return self
 
 
 class TrainSection(Strict):
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warmup).")
+    lr: float = Field(1e-3, gt=0, le=1e6, description="AdamW learning rate (peak, after warmup).")
     lr_per_size: dict[str, float] = Field(default_factory=dict, description="Learning rate per size name.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup steps.")
-    batch_size: int = Field(32, ge=1, description="Training batch size.")
-    steps: int | None = Field(None, ge=1, description="Training steps (default: `epochs` passes over the data).")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Linear learning-rate warmup steps.")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="Training batch size.")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description=(
+        "Training steps (default: `epochs` passes over the data)."))
     flops: float | None = Field(None, gt=0, description=(
         "Compute budget in FLOPs, 6 · parameters · tokens: sets each size's steps (isocompute sweeps)."))
-    epochs: int = Field(1, ge=1, description="Passes over the data when `steps` is not given.")
+    epochs: int = Field(1, ge=1, le=10**6, description="Passes over the data when `steps` is not given.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Model seeds to sweep (a list, or a count n for 0 … n-1).")
     seed_params: dict[str, int] = Field(default_factory=dict, description=(
@@ -115,7 +144,16 @@ class TrainSection(Strict):
         "share the cores; small models gain little from more."))
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
-    checkpoint_every: int | None = Field(None, ge=1, description="Write a checkpoint every N steps.")
+    checkpoint_every: int | None = Field(None, ge=1, description=(
+        "Also write a checkpoint every N steps. Without it a run still checkpoints after every run of "
+        "consecutive measured steps, every `checkpoint_minutes` and at the end."))
+    checkpoint_minutes: float = Field(10.0, gt=0, le=10**6, description=(
+        "Write a checkpoint when this many minutes of training passed since the last one: the most work a "
+        "killed run loses, besides the measured steps (after each of which it checkpoints)."))
+    keep_checkpoints: Literal["last", "final", "none"] = Field("final", description=(
+        "What a finished run keeps: 'last' its last checkpoint.pt (resumable state: model, optimizer, RNG) and "
+        "final.pt (the trained model); 'final' only final.pt; 'none' neither. Checkpoints are written while the "
+        "run trains whatever this says."))
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -124,15 +162,39 @@ class TrainSection(Strict):
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError(f"seeds: a count must be positive, got {value}")
+            if value > MAX_SEEDS:
+                raise ValueError(f"seeds: {value} seeds is more than the {MAX_SEEDS} a spec may sweep")
             return list(range(value))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]):
+        repeated = sorted({seed for seed in value if value.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed{'s' * (len(repeated) > 1)} {', '.join(map(str, repeated))} given more than once: "
+                             "each seed is one run")
+        if len(value) > MAX_SEEDS:
+            raise ValueError(f"{len(value)} seeds is more than the {MAX_SEEDS} a spec may sweep")
+        out_of_range = [seed for seed in value if not -2**63 <= seed < 2**63]
+        if out_of_range:
+            raise ValueError(f"seed {out_of_range[0]} is out of range (a 64-bit integer)")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]):
+        for beta in value:
+            if not 0 <= beta < 1:
+                raise ValueError(f"AdamW betas must lie in [0, 1), got {list(value)}")
         return value
 
     @field_validator("lr_per_size")
     @classmethod
     def _positive(cls, value: dict[str, float]):
         for size, lr in value.items():
-            if lr <= 0:
-                raise ValueError(f"learning rate for size '{size}' must be positive, got {lr}")
+            if not lr > 0 or lr > 1e6:
+                raise ValueError(f"learning rate for size '{size}' must be positive and finite, got {lr}")
         return value
 
     @field_validator("device")
@@ -158,19 +220,20 @@ class LogWindows(Strict):
     steps follow at logarithmically spaced steps up to the end of training. A run too short to hold
     them all is refused, never given shorter windows."""
 
-    initial_steps: int = Field(1, ge=0, description=(
+    initial_steps: int = Field(1, ge=0, le=MAX_STEPS, description=(
         "Steps 0 … initial_steps − 1, each measured and kept as its own window (the paper plots its "
         "first 40 steps un-averaged; the default measures step 0 alone)."))
-    windows: int = Field(8, ge=0, description="Logarithmically spaced windows after the initial steps.")
-    steps_per_window: int = Field(1, ge=1, description="Consecutive measured steps in each window.")
+    windows: int = Field(8, ge=0, le=100_000, description="Logarithmically spaced windows after the initial steps.")
+    steps_per_window: int = Field(1, ge=1, le=MAX_STEPS, description="Consecutive measured steps in each window.")
 
 
 class EveryWindows(Strict):
     """Uniform windows: ``steps_per_window`` consecutive steps starting at steps 0, every, 2·every, …
     (only whole windows: one that would run past the end of training is left out)."""
 
-    every: int = Field(ge=1, description="Steps from the start of one window to the start of the next.")
-    steps_per_window: int = Field(1, ge=1, description="Consecutive measured steps in each window (≤ every).")
+    every: int = Field(ge=1, le=MAX_STEPS, description="Steps from the start of one window to the start of the next.")
+    steps_per_window: int = Field(1, ge=1, le=MAX_STEPS, description=(
+        "Consecutive measured steps in each window (≤ every)."))
 
     @model_validator(mode="after")
     def _no_overlap(self):
@@ -184,12 +247,15 @@ class MeasureSection(Strict):
     enabled: bool = Field(True, description="Measure the LNP components at all.")
     estimator: str = Field("hutchinson", description="Estimator name (see `specreach plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
-    probes: int | None = Field(None, ge=1, description="Probes per batch (estimators that draw probes).")
+    probes: int | None = Field(None, ge=1, le=MAX_PROBES, description=(
+        "Probes per batch (estimators that draw probes). Each costs about half a training step."))
     schedule: LogWindows | EveryWindows | list[int] = Field(default_factory=LogWindows, description=(
         "Log-spaced windows `{initial_steps, windows, steps_per_window}`, uniform windows "
         "`{every, steps_per_window}`, or an explicit list of steps."))
-    validation_size: int | None = Field(None, ge=1, description="Samples of the validation pool to draw B from.")
-    batch_size: int | None = Field(None, ge=1, description="Measurement batch size for B (default: train batch).")
+    validation_size: int | None = Field(None, ge=1, le=10**9, description=(
+        "Samples of the validation pool to draw B from."))
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description=(
+        "Measurement batch size for B (default: train batch)."))
     cross_batch: bool = Field(True, description="B from the validation pool (true) or B = A (false).")
     fixed_batch: bool = Field(False, description=(
         "A is the validation pool's first `batch_size` samples at every measured step instead of the training "
@@ -198,14 +264,18 @@ class MeasureSection(Strict):
         "At the run's first measurement, check the fast per-sample norms against plain autograd on two samples "
         "(cheap; a mismatch fails the run naming the parameter groups). See `specreach check-model`."))
 
+    @field_validator("schedule")
+    @classmethod
+    def _steps_in_range(cls, value):
+        if isinstance(value, list):
+            bad = [step for step in value if not 0 <= step < MAX_STEPS]
+            if bad:
+                raise ValueError(f"measured steps count from 0; {bad[0]} is not a training step")
+        return value
+
     @model_validator(mode="after")
     def _estimator_known(self):
-        registry = get_plugin_manager().estimators()
-        if self.estimator not in registry:
-            raise PydanticCustomError(
-                "unknown_kind", f"unknown estimator '{{name}}'{_closest(self.estimator, registry)}",
-                {"name": self.estimator})
-        estimator = registry[self.estimator]
+        estimator = registered("estimator", self.estimator)
         if self.options or estimator.params_known:  # built-in estimators accept no options by default
             estimator.params(**self.options)
         if self.probes is not None and not estimator.attribute("uses_probes", False):
@@ -219,13 +289,15 @@ class ProbeSection(Strict):
     backbones: list[Literal["trained", "random"]] = Field(
         default_factory=lambda: ["trained", "random"], min_length=1, description="Which backbones to probe.")
     checkpoint: Path | None = Field(None, description="Probe this checkpoint instead of the run's trained model.")
-    steps: int | None = Field(None, ge=1, description="Probe training steps (default: as the main training).")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Probe training steps (default: as the main training).")
 
 
 class TrackingSection(Strict):
-    experiment: str | None = Field(None, description="MLflow experiment (default: the spec's name).")
+    experiment: str | None = Field(None, min_length=1, max_length=250, pattern=r"^[^\x00-\x1f]*$",
+                                   description="MLflow experiment (default: the spec's name).")
     uri: str | None = Field(None, description="Tracking URI (default: a SQLite store in the output directory).")
-    run_name: str | None = Field(None, description="Name of the parent run (default: the spec's name).")
+    run_name: str | None = Field(None, min_length=1, max_length=250, pattern=r"^[^\x00-\x1f]*$",
+                                 description="Name of the parent run (default: the spec's name).")
     enabled: bool = Field(True, description="Log to MLflow at all (the metrics table is always written).")
 
 
@@ -239,12 +311,12 @@ class ExecutionSection(Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        validate_component_params(get_plugin_manager().executors(), self.kind, self.params, "executor")
+        validate_component_params("executor", self.kind, self.params)
         return self
 
 
 class Spec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name (letters, digits, _ . -).")
+    name: str = Field(max_length=200, description="Experiment name (letters, digits, _ . -): its output folder.")
     model: ModelSection
     parameterization: Parameterization = Field(default_factory=Parameterization,
                                                description="standard, or mup with base_width.")
@@ -260,20 +332,27 @@ class Spec(Strict):
         "Dotted keys and the values to sweep them over, e.g. {data.params.alpha: [1.5, 2, 3]}: one set of "
         "runs per combination (times sizes and seeds)."))
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder(cls, value: str):
+        return safe_name(value, "name")
+
     @model_validator(mode="after")
-    def _sweeps_apply(self):
-        if self.train.steps is not None and self.train.flops is not None:
-            raise ValueError("train.flops: give either train.steps or train.flops, not both")
-        for key, values in self.sweep.items():
-            if not values:
-                raise ValueError(f"sweep.{key}: give at least one value")
-            if key.split(".")[0] in ("name", "sweep", "output", "execution"):
-                raise ValueError(f"sweep.{key}: '{key.split('.')[0]}' cannot be swept")
-        for assignments in sweep_combinations(self.sweep):
-            with_values(self, assignments)  # every combination must make a valid spec
-        if self.train.seed_params:
-            with_values(self, {key: self.train.seeds[0] + offset for key, offset in self.train.seed_params.items()},
-                        what="train.seed_params")
+    def _schedule_fits_the_steps(self):
+        schedule, steps = self.measure.schedule, self.train.steps
+        if isinstance(schedule, list) and steps is not None and not self.sweep:
+            late = sorted(step for step in schedule if step >= steps)
+            if late:
+                raise ValueError(f"measure.schedule: step {late[0]} is not a training step: train.steps is {steps} "
+                                 f"(steps 0 … {steps - 1})")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_kept_for_probes(self):
+        if self.train.keep_checkpoints == "none" and self.probe is not None and self.probe.checkpoint is None \
+                and "trained" in self.probe.backbones:
+            raise ValueError("train.keep_checkpoints: 'none' deletes final.pt, which the probes of the trained "
+                             "backbone read; keep 'final' (or give probe.checkpoint)")
         return self
 
     @model_validator(mode="after")
@@ -283,8 +362,41 @@ class Spec(Strict):
         if unknown:
             # Cross-section problems name their key first: config.py points at its line.
             raise ValueError(f"train.lr_per_size: names sizes that the model does not sweep: {sorted(unknown)} "
-                             f"(sizes: {sizes})")
+                             f"(sizes: {sizes}); when the sizes were replaced, drop it (override ~train.lr_per_size)")
         return self
+
+    @model_validator(mode="after")
+    def _sweeps_apply(self):
+        if self.train.steps is not None and self.train.flops is not None:
+            raise ValueError("train.flops: give either train.steps or train.flops, not both")
+        for key, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep.{key}: give at least one value")
+            if key.split(".")[0] in ("name", "sweep", "output", "execution", "tracking"):
+                raise ValueError(f"sweep.{key}: '{key.split('.')[0]}' cannot be swept")
+            if not NAME.fullmatch(key):
+                raise ValueError(f"sweep.{key}: a swept key is a dotted path of names")
+            labels = [sweep_value_label(value) for value in values]
+            for value, label in zip(values, labels):
+                if not RUN_NAME.fullmatch(f"{key.split('.')[-1]}={label}"):
+                    raise ValueError(f"sweep.{key}: value {value!r} cannot name a run folder: sweep values that "
+                                     "name runs are numbers, booleans or names of letters, digits and _ . + -")
+            repeated = sorted({label for label in labels if labels.count(label) > 1})
+            if repeated:
+                raise ValueError(f"sweep.{key}: value {repeated[0]} is given more than once")
+        for assignments in sweep_combinations(self.sweep):
+            with_values(self, assignments)  # every combination must make a valid spec
+        if self.train.seed_params:
+            with_values(self, {key: self.train.seeds[0] + offset for key, offset in self.train.seed_params.items()},
+                        what="train.seed_params")
+        return self
+
+
+def sweep_value_label(value: Any) -> str:
+    """How a swept value appears in run names: ``1e-3`` as ``0.001``, ``True`` as ``true``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def sweep_combinations(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -313,5 +425,12 @@ def with_values(spec: "Spec", assignments: dict[str, Any], what: str = "sweep") 
         node[last] = value
     try:
         return Spec.model_validate(data)
-    except ValueError as error:
-        raise ValueError(f"{what}.{next(iter(assignments))}: with {assignments}: {error}") from None
+    except ValidationError as error:
+        reasons = "; ".join(_reason(item) for item in error.errors())
+        raise ValueError(f"{what}.{next(iter(assignments))}: with {assignments}: {reasons}") from None
+
+
+def _reason(item: dict) -> str:
+    where = ".".join(str(part) for part in item["loc"] if not (isinstance(part, str) and part[:1].isupper()))
+    message = item["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

@@ -59,7 +59,7 @@ BROKEN = {
     "probes for exact": ("measure:\n  estimator: exact\n  probes: 4", "measure: Value error, estimator 'exact' draws no probes"),
     "lr for an unknown size": ("train:\n  lr_per_size: {xl: 0.1}", "train.lr_per_size: names sizes that the model does not sweep"),
     "missing section": ("name: only-a-name", "model: Field required"),
-    "bad name": ("name: 'has spaces'", "name: String should match pattern"),
+    "bad name": ("name: 'has spaces'", "name: name 'has spaces' cannot name a folder or an MLflow key"),
 }
 
 
@@ -116,11 +116,12 @@ def test_missing_file(tmp_path, validate):
 def test_bad_override_suggests_the_key(tmp_path, validate):
     done = validate(write_spec(tmp_path), "train.lr=1e-3", "train.warmup=5")
     assert done.returncode == 1
-    assert "override:2: train.warmup: no key 'warmup' in train (did you mean 'warmup_steps'?)" in done.stderr
+    assert "override 'train.warmup=5': train.warmup: no key 'warmup' in train (did you mean 'warmup_steps'?)" \
+        in done.stderr
 
 
 def test_override_without_equals(tmp_path):
-    with pytest.raises(SpecError, match="override:1: train.lr: an override reads KEY=VALUE"):
+    with pytest.raises(SpecError, match="override 'train.lr': train.lr: an override reads KEY=VALUE"):
         load_spec(write_spec(tmp_path), ["train.lr"])
 
 

@@ -16,7 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from specreach.params.models import ModelRecipe, Parameterization
-from specreach.spec import DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, with_values
+from specreach.spec import (
+    DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
+)
 
 Phase = Literal["train", "probe-trained", "probe-random"]
 Status = Literal["FINISHED", "FAILED", "KILLED"]
@@ -86,7 +88,7 @@ class RunResult:
 
 def sweep_label(assignments: dict) -> str:
     """``{"data.params.alpha": 1.5}`` → ``"alpha=1.5"`` (part of run names)."""
-    return "-".join(f"{key.split('.')[-1]}={value}" for key, value in assignments.items())
+    return "-".join(f"{key.split('.')[-1]}={sweep_value_label(value)}" for key, value in assignments.items())
 
 
 def expand(spec: Spec, root: Path, tracking: TrackingTarget) -> list[RunSpec]:
