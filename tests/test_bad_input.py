@@ -53,10 +53,18 @@ def test_no_trainable_parameters(mlp):
         measure_lnp(model, loss_fn, batch_a)
 
 
-def test_unknown_estimator_lists_the_registered_ones(mlp):
+def test_unknown_estimator_suggests_or_lists_the_registered_ones(mlp):
+    """Whatever plugins are installed: a near miss gets a did-you-mean, anything else the full list."""
+    from specreach.plugins import get_plugin_manager
+
     model, loss_fn, batch_a, _ = mlp
-    with pytest.raises(ValueError, match="unknown estimator 'exakt'.*entk, exact, hutchinson"):
+    with pytest.raises(ValueError, match=r"unknown estimator 'exakt' \(did you mean 'exact'\?\)"):
         measure_lnp(model, loss_fn, batch_a, estimator="exakt")
+    registered = ", ".join(get_plugin_manager().estimators())
+    assert {"entk", "exact", "hutchinson"} <= set(registered.split(", "))
+    with pytest.raises(ValueError) as raised:
+        measure_lnp(model, loss_fn, batch_a, estimator="zzzz")
+    assert str(raised.value) == f"unknown estimator 'zzzz' (registered: {registered})"
 
 
 @pytest.mark.parametrize("probes", [0, -3, 1.5])

@@ -29,7 +29,7 @@ import yaml
 from specreach.engine.executors import Executor
 from specreach.engine.run_folder import RunFolder
 from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, expand
-from specreach.plugins import get_plugin_manager
+from specreach.plugins import create
 from specreach.spec import Spec
 from specreach.tracking import Tracker, flatten, local_tracking_uri
 
@@ -72,7 +72,7 @@ class Engine:
 
     def executor(self) -> Executor:
         execution = self.spec.execution
-        return get_plugin_manager().executors()[execution.kind].component(**execution.params)
+        return create("executor", execution.kind, **execution.params)
 
     def stop(self) -> None:
         """Ask the runs to stop at the next step boundary (what SIGINT/SIGTERM do)."""

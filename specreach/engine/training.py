@@ -13,7 +13,7 @@ from specreach.data.base import DataSource
 from specreach.engine.runs import RunSpec
 from specreach.models.linear_probe import LinearProbe
 from specreach.models.parameterization import build_model, builder_for, load_model
-from specreach.plugins import get_plugin_manager
+from specreach.plugins import create
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -36,7 +36,7 @@ def autocast(precision: str, device: torch.device):
 
 
 def build_data(run: RunSpec) -> DataSource:
-    return get_plugin_manager().datasets()[run.data.kind].component(**run.data.params)
+    return create("dataset", run.data.kind, **run.data.params)
 
 
 def build_network(run: RunSpec, outputs: int) -> nn.Module:

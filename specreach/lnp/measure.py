@@ -136,13 +136,7 @@ def resolve_estimator(estimator: str | Estimator, options: Mapping[str, Any]) ->
         if options:
             raise TypeError("estimator options go to the estimator's constructor when passing an instance")
         return estimator
-    registered = get_plugin_manager().estimators()
-    if estimator not in registered:
-        raise ValueError(
-            f"unknown estimator {estimator!r}; registered estimators: {', '.join(registered)}. "
-            "Plugins add more through the 'specreach' entry-point group."
-        )
-    return registered[estimator].component(**options)
+    return get_plugin_manager().create("estimator", estimator, **options)
 
 
 def resolve_probes(est: Estimator, probes: int | None) -> int | None:

@@ -23,13 +23,10 @@ from torch import nn
 
 from specreach.models.base import ModelBuilder
 from specreach.params.models import ModelRecipe, Parameterization
-from specreach.plugins import get_plugin_manager
+from specreach.plugins import create
 
 def builder_for(kind: str) -> ModelBuilder:
-    registered = get_plugin_manager().models()
-    if kind not in registered:
-        raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(registered)}")
-    return registered[kind].component()
+    return create("model", kind)
 
 
 def build_model(recipe: ModelRecipe) -> nn.Module:
