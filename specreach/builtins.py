@@ -1,8 +1,9 @@
 """The built-in components, registered by name through the same hooks as any plugin.
 
-Nothing here imports a component: each is imported the first time a run (or a listing) needs
-it. The parameter models of models and data sources live in :mod:`specreach.params`, so a spec
-is validated without importing torch; estimators declare ``uses_probes`` for the same reason.
+Nothing here imports a component: each is imported the first time a run (or a listing of its
+parameters) needs it. The parameter models of models and data sources live in
+:mod:`specreach.params`, so a spec is validated without importing torch; estimators declare
+``uses_probes`` for the same reason, and every component a ``summary`` for ``specreach plugins``.
 """
 
 from specreach.plugins import hookimpl
@@ -10,40 +11,56 @@ from specreach.plugins import hookimpl
 
 @hookimpl
 def register_estimators(register):
-    register("specreach.lnp.exact:Exact", name="exact", uses_probes=False)
-    register("specreach.lnp.hutchinson:Hutchinson", name="hutchinson", uses_probes=True)
-    register("specreach.lnp.entk:Entk", name="entk", uses_probes=False)
+    register("specreach.lnp.exact:Exact", name="exact", uses_probes=False,
+             summary="exact per-sample Jacobian norms, one backward per output coordinate (classification, regression)")
+    register("specreach.lnp.hutchinson:Hutchinson", name="hutchinson", uses_probes=True,
+             summary="Hutchinson estimate of the Jacobian norms from random probes, with standard errors "
+                     "(language models)")
+    register("specreach.lnp.entk:Entk", name="entk", uses_probes=False,
+             summary="the explicit eNTK: its spectrum and the projections c_k (small models only)")
 
 
 @hookimpl
 def register_datasets(register):
     data = "specreach.params.data"
     register("specreach.data.powerlaw_teacher:PowerlawTeacher", name="powerlaw-teacher",
-             params=f"{data}:PowerlawTeacherParams")
-    register("specreach.data.cifar5m:Cifar5m", name="cifar5m", params=f"{data}:Cifar5mParams")
-    register("specreach.data.simplestories:SimpleStories", name="simplestories", params=f"{data}:SimpleStoriesParams")
-    register("specreach.data.text:TextFile", name="text-file", params=f"{data}:TextFileParams")
-    register("specreach.data.text:PydocText", name="pydoc-text", params=f"{data}:PydocTextParams")
-    register("specreach.data.digits:Digits", name="digits", params=f"{data}:DigitsParams")
+             params=f"{data}:PowerlawTeacherParams",
+             summary="regression on power-law inputs, labels from a random-feature teacher")
+    register("specreach.data.cifar5m:Cifar5m", name="cifar5m", params=f"{data}:Cifar5mParams",
+             summary="CIFAR-5M parts on disk: classification or next-pixel prediction")
+    register("specreach.data.simplestories:SimpleStories", name="simplestories",
+             params=f"{data}:SimpleStoriesParams", summary="SimpleStories with its 4096-token tokenizer (a local copy)")
+    register("specreach.data.text:TextFile", name="text-file", params=f"{data}:TextFileParams",
+             summary="a local text file or folder, byte tokens or a BPE tokenizer")
+    register("specreach.data.text:PydocText", name="pydoc-text", params=f"{data}:PydocTextParams",
+             summary="the Python documentation's help topics as byte tokens (ships with Python)")
+    register("specreach.data.digits:Digits", name="digits", params=f"{data}:DigitsParams",
+             summary="scikit-learn's 8x8 handwritten digits (ships with scikit-learn)")
 
 
 @hookimpl
 def register_models(register):
     models = "specreach.params.models"
-    register("specreach.models.builders:LlamaBuilder", name="llama", params=f"{models}:LlamaParams")
-    register("specreach.models.builders:ViTBuilder", name="vit", params=f"{models}:ViTParams")
+    register("specreach.models.builders:LlamaBuilder", name="llama", params=f"{models}:LlamaParams",
+             summary="Llama-2 decoder: RMSNorm, rotary embeddings, SwiGLU")
+    register("specreach.models.builders:ViTBuilder", name="vit", params=f"{models}:ViTParams",
+             summary="Vision Transformer (timm)")
     register("specreach.models.builders:RandomFeaturesBuilder", name="random-features",
-             params=f"{models}:RandomFeaturesParams")
+             params=f"{models}:RandomFeaturesParams", summary="frozen random ReLU features and a trained linear readout")
 
 
 @hookimpl
 def register_executors(register):
-    register("specreach.engine.executors.local:LocalExecutor", name="local")
-    register("specreach.engine.executors.processes:ProcessExecutor", name="processes")
-    register("specreach.engine.executors.ray:RayExecutor", name="ray")
+    register("specreach.engine.executors.local:LocalExecutor", name="local",
+             summary="one run after another, in this process")
+    register("specreach.engine.executors.processes:ProcessExecutor", name="processes",
+             summary="worker processes on this machine")
+    register("specreach.engine.executors.ray:RayExecutor", name="ray", summary="tasks on a Ray cluster")
 
 
 @hookimpl
 def register_layer_rules(register):
-    register("specreach.models.layer_rules:MupReadoutRules", name="mup-readout", requires="mup")
-    register("specreach.models.layer_rules:TimmLayerNormRules", name="timm-layernorm", requires="timm")
+    register("specreach.models.layer_rules:MupReadoutRules", name="mup-readout", requires="mup",
+             summary="per-sample rules of muP's MuReadout")
+    register("specreach.models.layer_rules:TimmLayerNormRules", name="timm-layernorm", requires="timm",
+             summary="per-sample rules of timm's LayerNorm")

@@ -102,9 +102,9 @@ def cmd_check_model(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from specreach.spec import Spec
+    from specreach.schema import spec_schema
 
-    print(json.dumps(Spec.model_json_schema(), indent=2))
+    print(json.dumps(spec_schema(), indent=2))
     return 0
 
 
@@ -124,18 +124,75 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)
 
 
+#: Where a spec names a component of each kind, and where its parameters go.
+SPEC_PLACES = {"estimator": ("measure.estimator", "measure.options"), "dataset": ("data.kind", "data.params"),
+               "model": ("model.kind", "model.params and model.sizes"), "executor": ("execution.kind", "execution.params")}
+
+
+def _component_lines(kind: str, registered) -> list[str]:
+    """One component with its parameters: type, default and description of each, from its Pydantic model."""
+    from specreach.spec_reference import constraints, default_text, type_name
+
+    lines = [f"{registered.name}  ({kind}, from {registered.source}: {registered.target})"]
+    if registered.summary:
+        lines.append(f"  {registered.summary}")
+    if kind not in SPEC_PLACES:
+        return lines
+    named, params_key = SPEC_PLACES[kind]
+    fields = registered.params.model_fields
+    lines.append(f"  in a spec: {named}: {registered.name}; parameters under {params_key}"
+                 + ("" if fields else " (none)"))
+    for field_name, field in fields.items():
+        kind_text = type_name(field.annotation, {}).replace("`", "")
+        bounds = constraints(field)
+        if bounds:
+            kind_text += f", {', '.join(bounds)}".replace("`", "")
+        default = default_text(field, {}).replace("`", "")
+        lines.append(f"    {field_name}: {kind_text}; {default if default == 'required' else 'default ' + default}")
+        if field.description:
+            lines.append(f"        {field.description}")
+    return lines
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from specreach.plugins import get_plugin_manager
+    from specreach.plugins import KINDS, PluginLoadError, get_plugin_manager
+    from specreach.suggest import did_you_mean
 
     manager = get_plugin_manager()
-    for title, registered in (("estimators", manager.estimators()), ("datasets", manager.datasets()),
-                              ("models", manager.models()), ("executors", manager.executors())):
-        print(f"{title}:")
-        for name, entry in registered.items():
-            doc = (entry.component.__doc__ or "").strip().splitlines()
-            print(f"  {name:<16} from {entry.source}{'  — ' + doc[0] if doc else ''}")
+    if args.names or args.params:
+        found = [(kind, registered) for kind in KINDS for name, registered in manager.registry(kind).items()
+                 if not args.names or name in args.names]
+        missing = [name for name in args.names if name not in {registered.name for _, registered in found}]
+        if missing:
+            everything = [name for kind in KINDS for name in manager.registry(kind)]
+            raise ValueError("; ".join(f"no component '{name}' is registered{did_you_mean(name, everything)}"
+                                       for name in missing))
+        blocks = []
+        for kind, registered in found:
+            try:
+                blocks.append("\n".join(_component_lines(kind, registered)))
+            except PluginLoadError as error:
+                blocks.append(f"{registered.name}  ({kind}, from {registered.source}): {error}")
+        print("\n\n".join(blocks))
+        return 0
+    for kind in KINDS.values():
+        print(f"{kind.title}:")
+        for name, registered in manager.registry(kind.name).items():
+            try:
+                summary = registered.summary
+            except PluginLoadError as error:
+                summary = f"FAILED TO IMPORT: {error}"
+            print(f"  {name:<16} from {registered.source}{'  — ' + summary if summary else ''}")
+        for name, sources in manager.conflicts(kind.name).items():
+            print(f"  {name:<16} UNUSABLE: registered twice, by {' and by '.join(sources)}")
+        for (refused_kind, name), why in manager.refused.items():
+            if refused_kind == kind.name:
+                print(f"  {name:<16} REFUSED: {why}")
     for source, message in manager.failed.items():
         print(f"failed to load: {source}: {message}")
+    for source in manager.idle_plugins():
+        print(f"registers nothing: {source}")
+    print("\n`specreach plugins NAME` (or --params for all) shows a component's parameters.")
     return 0
 
 
@@ -205,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--paths", action="store_true", help="also print how each parameter's norms are computed")
     check.set_defaults(run=cmd_check_model)
 
-    schema = commands.add_parser("schema", help="print the JSON schema of a spec")
+    schema = commands.add_parser("schema", help="print the JSON schema of a spec, with every installed component's "
+                                 "parameters")
     schema.set_defaults(run=cmd_schema)
 
     ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store")
@@ -214,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(run=cmd_ui)
 
-    plugins = commands.add_parser("plugins", help="list registered estimators, datasets and models")
+    plugins = commands.add_parser("plugins", help="list registered estimators, data sources, models and executors; "
+                                  "with NAME or --params, their parameters")
+    plugins.add_argument("names", nargs="*", metavar="NAME", help="components to describe with their parameters")
+    plugins.add_argument("--params", action="store_true", help="describe every component with its parameters")
     plugins.set_defaults(run=cmd_plugins)
 
     models = commands.add_parser("models", help="list the model presets of the paper's tables")

@@ -33,7 +33,6 @@ registered twice (an error when that name is used, naming both plugins; the rest
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata
 import sys
@@ -43,6 +42,8 @@ from functools import cached_property
 from typing import Any, Callable
 
 import pluggy
+
+from specreach.suggest import closest
 
 PROJECT = "specreach"
 ENTRY_POINT_GROUP = "specreach"
@@ -288,8 +289,8 @@ class PluginManager:
             self._pm.unregister(name=source)
             hints = []
             for name in unknown:
-                close = difflib.get_close_matches(name, HOOK_NAMES, n=1)
-                hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+                close = closest(name, HOOK_NAMES)
+                hints.append(f"'{name}'" + (f" (did you mean '{close}'?)" if close else ""))
             self.failed[source] = (f"unknown hook {', '.join(hints)}; specreach's hooks are "
                                    f"{', '.join(HOOK_NAMES)}")
             self._problem(f"skipping plugin {source}: {self.failed[source]}")
@@ -425,9 +426,9 @@ class PluginManager:
             plural = "s" if len(self.failed) > 1 else ""
             return (f"; note that plugin{plural} failed to load and may be what registers it ({broken}); "
                     "fix or uninstall the plugin (`specreach plugins` lists what loaded)")
-        close = difflib.get_close_matches(str(name), list(registered), n=1)
+        close = closest(name, registered)
         if close:
-            return f" (did you mean '{close[0]}'?)"
+            return f" (did you mean '{close}'?)"
         return f" (registered: {', '.join(registered)})" if registered else ""
 
     def create(self, kind: str, name: str, **params: Any) -> Any:

@@ -15,9 +15,11 @@ from specreach.plugins import hookimpl
 
 @hookimpl
 def register_estimators(register):
-    register("specreach_kta.kta:KernelTargetAlignment", name="kta", uses_probes=False)
+    register("specreach_kta.kta:KernelTargetAlignment", name="kta", uses_probes=False,
+             summary="entk plus the kernel-target alignment of the eNTK with the loss gradient")
 
 
 @hookimpl
 def register_datasets(register):
-    register("specreach_kta.xor_quadrants:XorQuadrants", name="xor-quadrants")
+    register("specreach_kta.xor_quadrants:XorQuadrants", name="xor-quadrants",
+             summary="noisy images whose class is an XOR of two bright quadrants: no linear model of the pixels learns it")
