@@ -93,6 +93,11 @@ def test_paths_say_where_each_parameter_was_seen(float64):
     assert paths["proj"] == "op rules: matmul (matmul in '<FunctionalOps model>')"
     assert paths["shift"] == "op rules: broadcast (sub in '<FunctionalOps model>')"
     assert paths["scale"] == "op rules: broadcast (mul in '<FunctionalOps model>')"
+    model, loss_fn, batch_a, _, _, _ = build("flattened_rows", cross=False)
+    paths = measure_lnp(model, loss_fn, batch_a).paths
+    assert paths["norm.weight"] == "LayerNorm layer rule of 'norm'"  # rows of the flattened batch
+    assert paths["mix.weight"] == "Linear layer rule of 'mix'"
+    assert paths["head.weight"].startswith("closed form of the linear readout 'head'")
     model, loss_fn, batch_a, _, _, _ = build("multihead_attention", cross=False)
     paths = measure_lnp(model, loss_fn, batch_a).paths
     # The attention returns a tuple, so the enclosing per-sample call is the model itself.

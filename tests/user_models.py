@@ -205,6 +205,24 @@ class FunctionalOps(nn.Module):
         return self.out(h.mean(1))
 
 
+class FlattenedRows(nn.Module):
+    """Layers applied to the batch flattened into rows (``x.reshape(-1, d)``), as OPT's feed-forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.norm = nn.LayerNorm(4)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, VOCAB)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        n, t, d = x.shape
+        rows = x.reshape(-1, d)  # a view of the batch: its rows are the samples' positions, in order
+        h = (torch.tanh(self.mix(rows)) + self.norm(rows)).reshape(n, t, d)
+        return self.head(h + h.mean(1, keepdim=True))  # positions mix: a row's gradient reaches them all
+
+
 class DropoutMLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -306,6 +324,10 @@ def functional_ops():
     return model, F.cross_entropy, batch(4), batch(3), None, None
 
 
+def flattened_rows():
+    return _lm_case(FlattenedRows())
+
+
 def shared_block():
     return _classification(SharedBlockNet(), inputs=5)
 
@@ -349,6 +371,7 @@ CASES = {
     "keyword_inputs": keyword_inputs,
     "multihead_attention": multihead_attention,
     "functional_ops": functional_ops,
+    "flattened_rows": flattened_rows,
     "shared_block": shared_block,
     "unused_parameters": unused_parameters,
     "dropout_mlp": dropout_mlp,

@@ -68,9 +68,10 @@ class CoveragePlan:
     #: parameter name -> how its per-sample gradient is computed (for ``LNPResult.paths``)
     paths: dict[str, str]
 
-    def targets(self) -> list[tuple[object, int]]:
-        """(tensor whose gradient a rule needs, the tick it was computed at) of every rule."""
-        return [(r.call.output, r.call.end) for r in self.rule_calls] + [(r.use.output, r.use.tick) for r in self.op_rules]
+    def ticks(self, leave_out: "RuleCall | None" = None) -> list[int]:
+        """When the tensor each rule needs the gradient of was computed (all rules but ``leave_out``)."""
+        return ([r.call.end for r in self.rule_calls if r is not leave_out]
+                + [r.use.tick for r in self.op_rules])
 
 
 def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter], n: int) -> CoveragePlan:
@@ -133,6 +134,8 @@ def _op_rules(uses: list, pid: int, parameter: nn.Parameter, n: int) -> list[OpR
         return None
     rules = []
     for use in uses:
+        if isinstance(use.output, Tensor) and use.output._version != use.version:
+            return None  # its output was modified in place afterwards: its gradient is gone
         rule = classify(use, pid, parameter, n)
         if rule is None:
             return None
@@ -146,11 +149,13 @@ def _own_calls(use_calls: list[ModuleCall], owners: list[nn.Module], pid: int, n
     covering: dict[int, tuple[ModuleCall, bool]] = {}
     for use in use_calls:
         owner_call = next((c for c in use.ancestors() if any(c.module is m for m in owners)), None)
-        if owner_call is None or not owner_call.is_per_sample(n) or not isinstance(owner_call.output, Tensor):
+        if owner_call is None or not isinstance(owner_call.output, Tensor):
             return None
         # A layer rule describes the layer's own operation only; anything else inside the call
         # (a use in a nested call, extra keyword inputs) takes the VJP of the whole call.
         rule = has_layer_rule(owner_call.module) and owner_call is use and _rule_applies(owner_call, pid, n)
+        if not owner_call.is_per_sample(n) and not rule:
+            return None
         previous_vjp = covering.get(id(owner_call), (None, False))[1]
         covering[id(owner_call)] = (owner_call, previous_vjp or not rule)
     chosen = [call for call, _ in covering.values()]
@@ -160,9 +165,16 @@ def _own_calls(use_calls: list[ModuleCall], owners: list[nn.Module], pid: int, n
 
 
 def _rule_applies(call: ModuleCall, pid: int, n: int) -> bool:
+    """The layer's rule sees this call: its own weight/bias, a batch-first input (or, for layers whose
+    rule gives per-row gradients, the batch flattened into rows) and nothing else."""
     module = call.module
     own = {local for local, p in module.named_parameters(recurse=False) if id(p) == pid}
-    return own <= RULE_ATTRIBUTES and bool(call.args) and is_batched(call.args[0], n) and not call.kwargs
+    if not own <= RULE_ATTRIBUTES or not call.args or call.kwargs:
+        return False
+    if call.is_per_sample(n) and is_batched(call.args[0], n):
+        return True
+    flattened_ok = type(module) in linear_types() or type(module) in GRAD_SAMPLERS
+    return flattened_ok and type(module) is not nn.Embedding and call.flattens_batch(n)
 
 
 def _enclosing_call(use_calls: list[ModuleCall], pid: int, n: int, name: str) -> ModuleCall:

@@ -93,8 +93,7 @@ class PerSampleNormEstimator(Estimator):
         params = list(problem.params.values())
         tape = PerSampleNormTape(problem.model, problem.params)
         with torch.enable_grad():
-            with tape:
-                outputs = forward(problem.model, batch.inputs, which)
+            outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
             try:
                 gradient = output_grad = loss = None
                 if step_outputs is None or not same_function(outputs, step_outputs):

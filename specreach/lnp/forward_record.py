@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 from torch.utils import hooks as torch_hooks
 
 
@@ -65,6 +66,20 @@ class ModuleCall:
         parameters alone (a parametrization, a position table) is not per-sample.
         """
         return is_batched(self.output, n) and bool(self.batched_tensors(n))
+
+    def flattens_batch(self, n: int) -> bool:
+        """The input is the batch with its leading dims flattened into rows (``x.reshape(-1, d)`` of a
+        batch-first tensor, as OPT's feed-forward does), sample by sample: a contiguous view of the
+        whole of a contiguous batch-first tensor, so sample i owns the i-th n-th of the rows."""
+        first = self.args[0] if self.args else None
+        if not isinstance(first, Tensor) or first.dim() == 0 or first.shape[0] <= n or first.shape[0] % n:
+            return False
+        base = first._base
+        return (base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
+                and first.is_contiguous() and first.numel() == base.numel()
+                and first.storage_offset() == base.storage_offset()
+                and isinstance(self.output, Tensor) and self.output.dim() > 0
+                and self.output.shape[0] == first.shape[0])
 
 
 @dataclass(eq=False)
@@ -158,9 +173,11 @@ class _ParameterUses(TorchFunctionMode):
             elif key in recorder.derived:
                 derived, pids = recorder.derived[key]
                 operands.extend((pid, position, False, derived) for pid in sorted(pids))
-            elif recorder.n is not None and is_batched(value, recorder.n):
+            elif key in recorder.batch_data:
                 batched = True
         output = func(*args, **kwargs)
+        if batched:  # computed from the batch: so is whatever it returns
+            recorder.note_batch_data(output)
         if operands:
             recorder.note_op(func, args, kwargs, output, operands, batched)
         return output
@@ -191,6 +208,12 @@ class ForwardRecorder:
         self.derived: dict[int, tuple[Tensor, frozenset[int]]] = {}
         self._kept: list[Tensor] = []  # the transposes themselves, so that their ids stay theirs
         self.n: int | None = None  # the batch size, from the model's own inputs
+        #: ids of tensors computed from the batch (the model's inputs and everything made from them);
+        #: an id reused by a freed tensor can only add to it, which errs on the safe side
+        self.batch_data: set[int] = set()
+        #: ids of modules whose output the model modifies in place (``x += shortcut``): the model gets
+        #: a copy, and the recorded output keeps its own gradient
+        self.copy_outputs: set[int] = set()
         self._stack: list[ModuleCall] = []
         self._clock = 0
         self._handles: list[torch_hooks.RemovableHandle] = []
@@ -199,6 +222,11 @@ class ForwardRecorder:
     @property
     def root(self) -> ModuleCall:
         return self.calls[0]
+
+    def note_batch_data(self, values: Any) -> None:
+        for value in pytree.tree_leaves(values):
+            if isinstance(value, Tensor):
+                self.batch_data.add(id(value))
 
     def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list, batched: bool) -> None:
         call = self._stack[-1] if self._stack else None
@@ -210,6 +238,8 @@ class ForwardRecorder:
                      and _is_transpose(func, args, kwargs))
         differentiable = torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad
         # Computed from parameters (and constants) alone: a later broadcast use is the per-sample one.
+        # A batch-shaped result (a cls_token expanded over the batch) is where its per-sample gradient
+        # is taken, so it is a use, not a batch-free intermediate.
         derives = (not transpose and not batched and differentiable and self.n is not None
                    and not is_batched(output, self.n))
         use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose, derives,
@@ -227,6 +257,7 @@ class ForwardRecorder:
         self.op_uses.clear()
         self.transposes.clear()
         self.derived.clear()
+        self.batch_data.clear()
         self._kept.clear()
         self.n = None
         self._stack.clear()
@@ -250,6 +281,7 @@ class ForwardRecorder:
         self.op_uses.clear()
         self.transposes.clear()
         self.derived.clear()
+        self.batch_data.clear()
         self._kept.clear()
 
     def _tick(self) -> int:
@@ -261,6 +293,7 @@ class ForwardRecorder:
             parent = self._stack[-1] if self._stack else None
             if parent is None and self.n is None:
                 self.n = _batch_size_of((*args, *kwargs.values()))
+                self.note_batch_data((args, kwargs))
             call = ModuleCall(path, module, parent, start=self._tick())
             self.calls.append(call)
             self._stack.append(call)
@@ -273,3 +306,5 @@ class ForwardRecorder:
         call.args, call.kwargs, call.output = args, kwargs, output
         if isinstance(output, Tensor):
             call.version = output._version
+            if id(module) in self.copy_outputs:  # the model changes it in place: hand it a copy
+                return output.clone()

@@ -21,7 +21,8 @@ One forward serves any number of backwards (``retain_graph``): probes differ onl
 
 from __future__ import annotations
 
-from typing import Mapping
+import weakref
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,10 @@ from specreach.lnp.coverage import (
 )
 from specreach.lnp.forward_record import ForwardRecorder, is_batched
 from specreach.lnp.readout import LinearReadout
+
+
+#: Per model: ids of modules whose outputs the model modifies in place (see PerSampleNormTape.record).
+_COPY_OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, set[int]]" = weakref.WeakKeyDictionary()
 
 
 def group_of(param_name: str) -> str:
@@ -66,6 +71,27 @@ class PerSampleNormTape:
             root = self.recorder.root
             self.plan = plan_coverage(self.recorder, self.params, root.output.shape[0])
 
+    def record(self, run: Callable[[], Tensor]) -> Tensor:
+        """Run the forward ``run()`` on the tape and return its outputs.
+
+        When the model modifies a recorded module output in place (a ResNet's ``x += shortcut`` on
+        a norm's output), that output's gradient is lost: the forward is run again with those
+        modules handing the model a copy (remembered for this model, so later forwards need one run).
+        """
+        copies = _COPY_OUTPUTS.setdefault(self.model, set())
+        self.recorder.copy_outputs = copies
+        with self:
+            outputs = run()
+        modified = {id(rule.call.module) for rule in self.plan.rule_calls
+                    if rule.call.output._version != rule.call.version}
+        if not modified:
+            return outputs
+        copies.update(modified)
+        del outputs
+        self.clear()
+        with self:
+            return run()
+
     def clear(self) -> None:
         """Drop the recorded tensors (and with them the activations they keep alive)."""
         self.recorder.clear()
@@ -91,10 +117,9 @@ class PerSampleNormTape:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
-            others = [tick for target, tick in self.plan.targets() if target is not call.output]
             if (len(calls_of_module) == 1 and len(rule.parameters) == len(own)
                     and not any(id(p) in self.plan.summed for p in own)
-                    and all(tick < call.start for tick in others)):
+                    and all(tick < call.start for tick in self.plan.ticks(leave_out=rule))):
                 return LinearReadout(call, self.param_names)
         return None
 
@@ -148,12 +173,13 @@ class PerSampleNormTape:
             yield from _call_vjp(rule, backprop, n)
             return
         module, call = rule.call.module, rule.call
-        materialize = any(id(p) in self.plan.summed for p in rule.parameters.values())
+        flattened = not is_batched(call.args[0], n)  # rows of the flattened batch (see ModuleCall.flattens_batch)
+        materialize = flattened or any(id(p) in self.plan.summed for p in rule.parameters.values())
         kind = type(module)
         if kind in linear_types():
-            yield from self._linear(rule, backprop, materialize)
+            yield from self._linear(rule, backprop, materialize, n)
         elif kind is nn.RMSNorm:
-            yield from self._rms_norm(rule, backprop)
+            yield from self._rms_norm(rule, backprop, n)
         elif isinstance(module, nn.Embedding):
             yield from _embedding(module, call.args[0], backprop, materialize)
         elif not materialize and kind in NORM_SAMPLERS:
@@ -161,7 +187,8 @@ class PerSampleNormTape:
                 yield param, norm, True
         else:
             for param, grad in GRAD_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
-                yield param, grad, False
+                # per-row gradients of a flattened batch: sum each sample's rows
+                yield param, grad.reshape(n, -1, *param.shape).sum(dim=1) if flattened else grad, False
 
 
     def _once(self, rule: RuleCall, what: str, compute) -> Tensor:
@@ -170,10 +197,9 @@ class PerSampleNormTape:
             self._reused[key] = compute()
         return self._reused[key]
 
-    def _linear(self, rule: RuleCall, backprop: Tensor, materialize: bool):
+    def _linear(self, rule: RuleCall, backprop: Tensor, materialize: bool, n: int):
         """Linear layers over any number of positions T: ghost norm or materialized gradient, by cost."""
         module = rule.call.module
-        n = backprop.shape[0]
         scale = input_scale(module)
         g = backprop.reshape(n, -1, module.out_features)
         positions = g.shape[1]
@@ -200,12 +226,11 @@ class PerSampleNormTape:
             else:
                 yield bias, summed.square().sum(dim=1).sqrt(), True
 
-    def _rms_norm(self, rule: RuleCall, backprop: Tensor):
+    def _rms_norm(self, rule: RuleCall, backprop: Tensor, n: int):
         """RMSNorm's weight: per sample Σ_t g_t ⊙ x̂_t, the normalized input computed once per forward."""
         module = rule.call.module
         if not module.weight.requires_grad:
             return
-        n = backprop.shape[0]
         normalized = self._once(rule, "normalized", lambda: torch.nn.functional.rms_norm(
             rule.call.args[0], module.normalized_shape, eps=module.eps))
         per_position = (normalized * backprop).reshape(n, -1, *module.weight.shape)

@@ -10,6 +10,9 @@ instead (see :mod:`specreach.lnp.readout`): same expectation, far less work.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -17,6 +20,26 @@ from torch import Tensor
 from specreach.lnp.loss_units import mask_outputs
 from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
 from specreach.lnp.result import ChiNet
+
+
+# A run asked to stop must not wait for a measurement of many probes to end: the engine's stop flag
+# is looked at before every probe backward (see stop_between_probes).
+_should_stop: ContextVar[Callable[[], bool] | None] = ContextVar("specreach_should_stop", default=None)
+
+
+class MeasurementStopped(Exception):
+    """A measurement abandoned between two probes because its run was asked to stop."""
+
+
+@contextmanager
+def stop_between_probes(should_stop: Callable[[], bool]):
+    """Within the block, a measurement raises :class:`MeasurementStopped` before its next probe
+    once ``should_stop()`` is true (the model is left as it was found, as after any error)."""
+    token = _should_stop.set(should_stop)
+    try:
+        yield
+    finally:
+        _should_stop.reset(token)
 
 
 #: z of the two-sided 95.45 % interval: ±2 standard errors.
@@ -80,6 +103,9 @@ class ProbeAccumulator:
 
     def add(self, vectors: Tensor) -> None:
         """One probe backward with ``vectors`` of shape ``probe_shape``."""
+        should_stop = _should_stop.get()
+        if should_stop is not None and should_stop():
+            raise MeasurementStopped("the run was asked to stop")
         if self._mixing is not None:
             vectors = vectors @ self._mixing
         vectors = mask_outputs(vectors, self.mask)

@@ -112,14 +112,21 @@ def check_measurable(model: nn.Module) -> None:
 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """The deterministic function: every module in eval mode (dropout off); each module's own mode restored."""
+    """The deterministic function: every module in eval mode (dropout off), and activations that
+    work in place (``nn.ReLU(inplace=True)`` after a norm, as in ResNets) out of place — the same
+    values, but the norm's output keeps its own gradient. Each module's own settings restored."""
     modes = [(module, module.training) for module in model.modules()]
+    in_place = [module for module in model.modules() if getattr(module, "inplace", None) is True]
     model.eval()
+    for module in in_place:
+        module.inplace = False
     try:
         yield
     finally:
         for module, training in modes:
             module.training = training
+        for module in in_place:
+            module.inplace = True
 
 
 @contextlib.contextmanager

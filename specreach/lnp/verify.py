@@ -139,8 +139,7 @@ def _no_tf32():
 
 def _verify(problem: MeasurementProblem, batch: Batch, count: int) -> VerificationReport:
     tape = PerSampleNormTape(problem.model, problem.params)
-    with tape:
-        outputs = forward(problem.model, batch.inputs, "A")
+    outputs = tape.record(lambda: forward(problem.model, batch.inputs, "A"))
     try:
         mask = batch_outputs(problem, batch, outputs, "A").mask
         probe = mask_outputs(rademacher(outputs.shape, problem.generator, outputs), mask)
