@@ -1,14 +1,21 @@
-"""The ``specreach`` command line: a thin layer over the library."""
+"""The ``specreach`` command line: a thin layer over the library.
+
+Flags and overrides go in any order (``specreach run spec.yaml --dry-run train.steps=40``).
+Quiet by default: MLflow's INFO lines, torch's vmap performance note and the source lines of
+warnings appear only with ``-v``. Bad input and refusals print one clear message and exit 2;
+``run`` exits 1 when a run failed and 130 when the runs were interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from specreach.config import load_spec
+    from specreach.config import check_spec
     from specreach.engine import Engine
 
     execution = [f"execution.kind={args.executor}"] if args.executor else []
@@ -23,7 +30,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.spec:
             raise ValueError("give a spec file (or --resume DIR)")
         overrides = [*execution, *args.overrides] + ([f"output={args.output}"] if args.output else [])
-        engine = Engine(load_spec(args.spec, overrides), tracking_uri=args.tracking_uri)
+        spec, warnings_found = check_spec(args.spec, overrides)
+        for message in warnings_found:
+            print(f"warning: {message}", file=sys.stderr)
+        engine = Engine(spec, tracking_uri=args.tracking_uri, overwrite=args.overwrite)
     if args.dry_run:
         import yaml
 
@@ -34,7 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             needs = f", after {', '.join(run.needs)}" if run.needs else ""
             print(f"  {run.name}: {run.recipe.kind} {run.recipe.params}, lr {run.train.lr:g}, phase {run.phase}{needs}")
         return 0
-    results = engine.run()
+    try:
+        results = engine.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: the runs recorded how they stopped
+        print(f"stopped; continue with: specreach run --resume {engine.root}", file=sys.stderr)
+        return 130
     width = max(len(r.name) for r in results) if results else 0
     for result in results:
         print(f"{result.name:<{width}}  {result.status:<8}  {result.message}".rstrip())
@@ -61,14 +75,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from specreach.config import SpecError, load_spec
+    from specreach.config import SpecError, check_spec
     from specreach.engine.runs import TrackingTarget, expand
 
     try:
-        spec = load_spec(args.spec, args.overrides)
+        spec, warnings_found = check_spec(args.spec, args.overrides, here=not args.anywhere)
     except SpecError as error:
         print(error, file=sys.stderr)
         return 1
+    for message in warnings_found:
+        print(f"{args.spec}: warning: {message}", file=sys.stderr)
     runs = expand(spec, Path(spec.output) / spec.name, TrackingTarget.off())  # no torch, no MLflow: fast
     print(f"{args.spec}: valid, {len(runs)} runs: {', '.join(r.name for r in runs)}")
     return 0
@@ -109,19 +125,60 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import os
+    import signal
+    import subprocess
     from pathlib import Path
-
-    from specreach.tracking import local_tracking_uri
 
     directory = Path(args.directory)
     if not (directory / "mlflow.db").exists():
         raise FileNotFoundError(f"no MLflow store at {directory / 'mlflow.db'}: give the output directory of a "
                                 "run (it is printed at the end of `specreach run`)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", local_tracking_uri(directory),
-               "--host", args.host, "--port", str(args.port)]
+    uri = f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
     print(" ".join(command), flush=True)
-    os.execv(sys.executable, command)
+    # The UI starts workers of its own (a web server, huey consumers): it runs in a process group of
+    # its own, and stopping this command stops the whole group.
+    ui = subprocess.Popen(command, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    try:
+        return ui.wait()
+    except KeyboardInterrupt:
+        _stop_group(ui)
+        return 0
+
+
+def _stop_group(process) -> None:
+    """SIGTERM to a process group, then SIGKILL to what is left of it after 10 s."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its children may linger a moment
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from specreach.engine.sync import sync
+
+    for line in sync(args.directory, args.tracking_uri):
+        print(line)
+    return 0
 
 
 #: Where a spec names a component of each kind, and where its parameters go.
@@ -196,6 +253,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from specreach.engine.run_listing import format_runs, read_runs, summary_frame
+
+    runs = read_runs(args.directories or ["runs"])
+    if args.json:
+        print(summary_frame(runs).to_json(orient="records", indent=2, double_precision=15))
+    else:
+        print(format_runs(runs))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specreach.engine.run_listing import export, read_runs
+
+    runs = read_runs(args.directories)
+    output = Path(args.output) if args.output else Path(args.directories[0]) / f"metrics.{args.format}"
+    path = export(runs, output, args.format)
+    print(f"{path}: every metric row of {len(runs)} runs")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from specreach.models.catalog import preset_rows
 
@@ -231,6 +311,8 @@ def cmd_coord_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specreach", description="Measure the LNP decomposition of training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show MLflow's INFO lines and every warning "
+                        "with its source line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train and measure every run of a spec, tracked in MLflow")
@@ -243,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", metavar="KIND", help="how the runs execute: local (default), processes, ray, or "
                      "a plugin's; same as execution.kind=KIND")
     run.add_argument("--workers", metavar="N", type=int, help="worker processes (execution.params.workers=N)")
-    run.set_defaults(run=cmd_run)
+    run.add_argument("--overwrite", action="store_true", help="when the output holds runs of another spec under "
+                     "the same names, run every run again from scratch (without it, such a run is refused)")
+    run.set_defaults(run=cmd_run, overrides_anywhere=True)
 
     report = commands.add_parser("report", help="draw the paper's figures from recorded runs")
     report.add_argument("directories", nargs="+", help="run output directories (spec roots or single runs)")
@@ -253,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a spec (and overrides) without running it")
     validate.add_argument("spec")
     validate.add_argument("overrides", nargs="*")
-    validate.set_defaults(run=cmd_validate)
+    validate.add_argument("--anywhere", action="store_true", help="skip the checks of this machine (devices, "
+                          "memory): the runs execute elsewhere")
+    validate.set_defaults(run=cmd_validate, overrides_anywhere=True)
 
     check = commands.add_parser("check-model", help="check the measurement on a spec's models against plain "
                                 "autograd (per-sample norms on two validation samples)")
@@ -272,11 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(run=cmd_ui)
 
+    sync = commands.add_parser("sync", help="upload to MLflow what a run directory holds and the tracking store "
+                               "did not get (a server that was down); safe to repeat")
+    sync.add_argument("directory", help="a spec's output directory (or one run's folder)")
+    sync.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: the one the runs used)")
+    sync.set_defaults(run=cmd_sync)
+
     plugins = commands.add_parser("plugins", help="list registered estimators, data sources, models and executors; "
                                   "with NAME or --params, their parameters")
     plugins.add_argument("names", nargs="*", metavar="NAME", help="components to describe with their parameters")
     plugins.add_argument("--params", action="store_true", help="describe every component with its parameters")
     plugins.set_defaults(run=cmd_plugins)
+
+    runs = commands.add_parser("runs", help="list recorded runs: status, steps, final loss and P, sweep values, "
+                               "wall time")
+    runs.add_argument("directories", nargs="*", metavar="DIR", help="output folders of specs, single runs, or folders "
+                      "holding several (default: runs)")
+    runs.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    runs.set_defaults(run=cmd_runs)
+
+    export = commands.add_parser("export", help="write every metric row of every run, with its sweep values and "
+                                 "metadata, as one table")
+    export.add_argument("directories", nargs="+", metavar="DIR", help="output folders (as for `specreach runs`)")
+    export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: FIRST_DIR/metrics.FORMAT)")
+    export.set_defaults(run=cmd_export)
 
     models = commands.add_parser("models", help="list the model presets of the paper's tables")
     models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -292,13 +398,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags and overrides in any order: what follows the spec and is not a flag is an override."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(item in ("-v", "--verbose") for item in argv)  # wherever it stands
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
+    args, extra = parser.parse_known_args(argv)
+    args.verbose = verbose
+    unknown = [item for item in extra if item.startswith("-") and not item.startswith("~")]
+    if unknown or (extra and not getattr(args, "overrides_anywhere", False)):
+        parser.parse_args(argv)  # argparse's own message and exit
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def quiet(verbose: bool) -> None:
+    """Keep a user's terminal for what they asked: MLflow's INFO lines, torch's vmap performance
+    note and warnings' source lines only with -v (worker processes inherit the setting)."""
+    import warnings
+
+    if verbose:
+        os.environ["SPECREACH_VERBOSE"] = "1"
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented "
+                                              "the batching rule")
+    vmap_note = "ignore:There is a performance drop because we have not yet implemented the batching rule"
+    if vmap_note not in os.environ.get("PYTHONWARNINGS", ""):  # for worker processes
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), vmap_note]))
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = one_line
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from specreach.engine.locks import FolderBusy
+
+    args = parse(argv)
+    quiet(args.verbose)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: say what, without a traceback
+    except (ValueError, FileNotFoundError, FolderBusy) as error:  # bad input: say what, without a traceback
         print(f"specreach {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"specreach {args.command}: stopped", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into head & co.
         return 0
 

@@ -115,7 +115,7 @@ class DataSection(Strict):
 
 
 class TrainSection(Strict):
-    lr: float = Field(1e-3, gt=0, le=1e6, description="AdamW learning rate (peak, after warmup).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warmup).")
     lr_per_size: dict[str, float] = Field(default_factory=dict, description="Learning rate per size name.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -193,7 +193,7 @@ class TrainSection(Strict):
     @classmethod
     def _positive(cls, value: dict[str, float]):
         for size, lr in value.items():
-            if not lr > 0 or lr > 1e6:
+            if not lr > 0:
                 raise ValueError(f"learning rate for size '{size}' must be positive and finite, got {lr}")
         return value
 
@@ -340,11 +340,20 @@ class Spec(Strict):
     @model_validator(mode="after")
     def _schedule_fits_the_steps(self):
         schedule, steps = self.measure.schedule, self.train.steps
-        if isinstance(schedule, list) and steps is not None and not self.sweep:
+        if steps is None or not self.measure.enabled or any(key.startswith(("train.", "measure."))
+                                                             for key in self.sweep):
+            return self  # the steps are known per run only: the run checks
+        if isinstance(schedule, list):
             late = sorted(step for step in schedule if step >= steps)
             if late:
                 raise ValueError(f"measure.schedule: step {late[0]} is not a training step: train.steps is {steps} "
                                  f"(steps 0 … {steps - 1})")
+        elif isinstance(schedule, LogWindows):
+            needed = schedule.initial_steps + schedule.windows * schedule.steps_per_window
+            if needed > steps:
+                raise ValueError(f"measure.schedule: {schedule.windows} windows of {schedule.steps_per_window} steps "
+                                 f"after {schedule.initial_steps} single steps need {needed} training steps; "
+                                 f"train.steps is {steps}")
         return self
 
     @model_validator(mode="after")

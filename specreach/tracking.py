@@ -3,17 +3,23 @@
 One :class:`Tracker` is one MLflow run. Metrics are buffered and sent with ``log_batch`` when
 flushed (the engine flushes at checkpoints and at the end), so that tracking costs well under
 1 % of a run and a resumed run never sends a value twice. When the tracking store cannot be
-reached, the tracker warns once and turns into a no-op: the run goes on and its metrics table
-(written by the engine, independently of MLflow) keeps everything.
+reached, the tracker warns once and turns into a no-op that remembers why (``failure``): the run
+goes on, its folder keeps everything, and ``specreach sync`` (:mod:`specreach.engine.sync`)
+uploads what MLflow did not get.
 
 A SQLite store is one file that several processes (the runs of a ``processes`` or local
-``ray`` executor) may write at once: every call on it holds an inter-process file lock next to
-the database. Across machines, use an MLflow server.
+``ray`` executor, or two specs sharing a store) may write at once: every call on it holds an
+inter-process file lock next to the database, and a new store's tables are created once, under
+that lock. Across machines, use an MLflow server.
+
+MLflow's INFO lines (store creation, migrations) are not shown unless asked for
+(``specreach -v``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import warnings
@@ -25,6 +31,9 @@ from filelock import FileLock
 #: Fail fast against an unreachable server instead of MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+if not os.environ.get("SPECREACH_VERBOSE"):  # `specreach -v` shows MLflow's INFO lines
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -37,6 +46,16 @@ SQLITE_PREFIX = "sqlite:///"
 def local_tracking_uri(directory: Path) -> str:
     """A SQLite store inside the run's output directory: no server needed."""
     return f"sqlite:///{(Path(directory) / 'mlflow.db').resolve()}"
+
+
+#: A workspace's default tracking store, for every spec that names none (``--tracking-uri`` and a
+#: spec's ``tracking.uri`` still win): runs of many specs compare in one MLflow UI.
+TRACKING_URI_VARIABLE = "SPECREACH_TRACKING_URI"
+
+
+def default_tracking_uri(directory: Path) -> str:
+    """``$SPECREACH_TRACKING_URI`` when set, else the SQLite store in the run's output directory."""
+    return os.environ.get(TRACKING_URI_VARIABLE, "").strip() or local_tracking_uri(directory)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -60,6 +79,19 @@ def store_lock(uri: str | None):
     return FileLock(str(database) + ".lock", timeout=600)
 
 
+_initialised: set[str] = set()
+
+
+def initialise_store(uri: str) -> None:
+    """Create a store's tables once per process, under the store's lock (two processes migrating a
+    fresh SQLite file at once lose runs)."""
+    if uri in _initialised:
+        return
+    with store_lock(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _initialised.add(uri)
+
+
 def _reachable(uri: str) -> bool:
     if not uri.startswith(("http://", "https://")):
         return True
@@ -75,13 +107,21 @@ def _reachable(uri: str) -> bool:
 class Tracker:
     """One MLflow run, or a no-op when tracking is off or unreachable."""
 
-    def __init__(self, client: MlflowClient | None, run_id: str | None, uri: str | None):
+    def __init__(self, client: MlflowClient | None, run_id: str | None, uri: str | None, failure: str | None = None):
         self.client, self.run_id, self.uri = client, run_id, uri
+        self.failure = failure  # why tracking stopped, when it did (None: all went, or it is off)
         self._buffer: list[Metric] = []
 
     @property
     def active(self) -> bool:
         return self.client is not None and self.run_id is not None
+
+    def _stop(self, what: str, error: Exception) -> None:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        self.failure = f"{what} failed ({type(error).__name__}: {first_line})"
+        warnings.warn(f"MLflow {self.failure}; tracking stops for run {self.run_id}, the run folder keeps what MLflow "
+                      "did not get (`specreach sync` uploads it later)", stacklevel=4)
+        self.client = None
 
     @classmethod
     def disabled(cls) -> "Tracker":
@@ -95,12 +135,24 @@ class Tracker:
         try:
             if not _reachable(uri):
                 raise ConnectionError(f"no MLflow server answers at {uri}")
+            initialise_store(uri)
             with store_lock(uri):
                 return cls._start(uri, experiment, run_name, artifact_root, parent_run_id, tags, params, resume_run_id)
         except Exception as error:  # tracking must never take the run down
-            warnings.warn(f"MLflow tracking at {uri} is unavailable ({type(error).__name__}: {error}); the run goes "
-                          "on and its metrics table is still written to the output directory", stacklevel=2)
-            return cls.disabled()
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            warnings.warn(f"MLflow tracking at {uri} is unavailable ({reason}); the run goes on and its metrics "
+                          "table is still written to the output directory (`specreach sync` uploads it later)",
+                          stacklevel=2)
+            return cls(None, resume_run_id, uri, failure=f"unavailable at the start ({reason})")
+
+    @classmethod
+    def existing(cls, uri: str, run_id: str) -> "Tracker":
+        """An existing run, as it is (not reopened)."""
+        return cls(MlflowClient(tracking_uri=uri), run_id, uri)
+
+    def delete(self) -> None:
+        """Delete the run (MLflow keeps deleted runs restorable until its garbage collection)."""
+        self._guard("delete_run", self.run_id)
 
     @classmethod
     def _start(cls, uri, experiment, run_name, artifact_root, parent_run_id, tags, params, resume_run_id) -> "Tracker":
@@ -133,9 +185,7 @@ class Tracker:
             with store_lock(self.uri):
                 getattr(self.client, method)(*args, **kwargs)
         except Exception as error:
-            warnings.warn(f"MLflow {method} failed ({type(error).__name__}: {error}); tracking stops for run "
-                          f"{self.run_id}, the metrics table keeps everything", stacklevel=3)
-            self.client = None
+            self._stop(method, error)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
@@ -164,9 +214,7 @@ class Tracker:
             with store_lock(self.uri):
                 return self.client.get_run(self.run_id).data.metrics.get(key)
         except Exception as error:
-            warnings.warn(f"MLflow get_run failed ({type(error).__name__}: {error}); tracking stops for run "
-                          f"{self.run_id}, the metrics table keeps everything", stacklevel=2)
-            self.client = None
+            self._stop("get_run", error)
             return None
 
     def flush(self) -> None:

@@ -156,7 +156,7 @@ def test_a_plugins_executor_is_chosen_by_the_spec_with_its_own_parameters(tmp_pa
     from specreach import Engine
 
     path = write_spec(tmp_path)
-    with pytest.raises(SpecError, match=r"override:2: execution.params.labl: no key 'labl' in execution.params \(did you mean 'label'\?\)"):
+    with pytest.raises(SpecError, match=r"override 'execution.params.labl=x': execution.params.labl: no key 'labl' in execution.params \(did you mean 'label'\?\)"):
         load_spec(path, ["execution.kind=recording", "execution.params.labl=x"])
     with pytest.raises(SpecError, match=r"execution.kind: unknown executor 'recordin' \(did you mean 'recording'\?\)"):
         load_spec(path, ["execution.kind=recordin"])

@@ -96,5 +96,7 @@ def test_the_spec_accepts_each_shape():
         MeasureSection(schedule={"every": 5, "windows": 3})
 
 
-def test_list_schedule_keeps_steps_inside_the_run():
-    assert measurement_steps([9, 0, 4, 4, 12], 10) == {0: 0, 4: 1, 9: 2}
+def test_list_schedule_is_sorted_and_refuses_steps_outside_the_run():
+    assert measurement_steps([9, 0, 4, 4], 10) == {0: 0, 4: 1, 9: 2}
+    with pytest.raises(ValueError, match="step 12 is not a step of this run \\(steps 0 … 9\\)"):
+        measurement_steps([9, 0, 4, 12], 10)

@@ -1,13 +1,19 @@
 """The per-run metrics table: a CSV written row by row, so a crash keeps what was recorded.
 
 Rows have different columns (a measured step has the LNP components, an evaluation the
-validation loss); the header is the union, rewritten when a new column appears.
+validation loss); the header is the union, rewritten when a new column appears. A process killed
+while appending leaves at most a part of its last line: a table opened to be continued drops that
+part (the run recomputes it from its checkpoint); any other damage is an error naming the file
+and line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +24,7 @@ class MetricsTable:
         self.columns: list[str] = []
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():
-            self.rows = read_table(self.path)
+            self.rows = read_table(self.path, drop_partial_line=True)
             for row in self.rows:
                 self._add_columns(row)
 
@@ -38,8 +44,17 @@ class MetricsTable:
 
     def truncate(self, rows: int) -> None:
         """Keep the first ``rows`` rows (a resumed run recomputes the rest)."""
+        if rows > len(self.rows):
+            raise ValueError(f"{self.path}: holds {len(self.rows)} rows but the run's checkpoint says {rows} were "
+                             "recorded: the table was damaged or replaced; rerun the run with --overwrite")
         self.rows = self.rows[:rows]
         self._rewrite()
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (before a checkpoint that counts them)."""
+        if self.path.exists():
+            with self.path.open("a") as handle:
+                os.fsync(handle.fileno())
 
     def _rewrite(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +76,27 @@ def _number(text: str) -> Any:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def read_table(path: Path) -> list[dict[str, Any]]:
-    with Path(path).open(newline="") as handle:
-        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+def read_table(path: Path, drop_partial_line: bool = False) -> list[dict[str, Any]]:
+    """The rows of a metrics table. ``drop_partial_line``: a last line cut short by a killed process
+    is dropped (with a warning); otherwise it, like any other damage, is an error naming the line."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a metrics table (not UTF-8 text: {error.reason})") from None
+    if text and not text.endswith("\n"):
+        if not drop_partial_line:
+            raise ValueError(f"{path}: its last line is cut short (the process writing it was killed?); resuming "
+                             "the run repairs it")
+        text = text[:text.rfind("\n") + 1]
+        warnings.warn(f"{path}: dropped a last line cut short; the run recomputes it from its checkpoint",
+                      stacklevel=2)
+    rows = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        if None in row or None in row.values():
+            raise ValueError(f"{path}:{reader.line_num}: the line does not match the header (damaged); rerun "
+                             "the run with --overwrite")
+        rows.append({key: _number(value) for key, value in row.items()})
+    return rows

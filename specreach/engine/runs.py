@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from specreach.params.models import ModelRecipe, Parameterization
+from specreach.sweep_values import typed_values
 from specreach.spec import (
     DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
 )
@@ -101,7 +102,7 @@ def expand(spec: Spec, root: Path, tracking: TrackingTarget) -> list[RunSpec]:
                                  what="train.seed_params")
             for size, kind, params, preset_parameterization, preset_lr in seeded.model.members():
                 runs.extend(_runs_of_size(seeded, root, tracking, f"{prefix}{size}-seed{seed}", size, seed, kind,
-                                          params, preset_parameterization, preset_lr, assignments))
+                                          params, preset_parameterization, preset_lr, typed_values(swept, assignments)))
     return runs
 
 
@@ -139,3 +140,67 @@ def _runs_of_size(spec: Spec, root: Path, tracking: TrackingTarget, name: str, s
                 "needs": (name,) if reads_trained_run else (),
             }))
     return runs
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+#: RunSpec fields that say how a run executes or where it writes, not what it computes.
+NOT_COMPUTED = {"output_dir", "tracking", "needs"}
+TRAIN_NOT_COMPUTED = {"threads", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints"}
+MEASURE_NOT_COMPUTED = {"verify"}
+
+
+def computed(run: RunSpec) -> dict[str, Any]:
+    """What a run computes: its run spec without where it writes and how it is executed."""
+    what = run.model_dump(mode="json", exclude=NOT_COMPUTED)
+    for key in TRAIN_NOT_COMPUTED:
+        what["train"].pop(key, None)
+    for key in MEASURE_NOT_COMPUTED:
+        what["measure"].pop(key, None)
+    if run.backbone_checkpoint is not None:  # the trained run's final.pt: named relative to the runs folder
+        try:
+            what["backbone_checkpoint"] = str(Path(run.backbone_checkpoint).relative_to(run.output_dir.parent))
+        except ValueError:
+            pass
+    return what
+
+
+def fingerprint(run: RunSpec) -> str:
+    """A digest of what the run computes and of the specreach release computing it: a run folder
+    recorded under another fingerprint holds results of another experiment."""
+    import hashlib
+    import json
+
+    from specreach import __version__
+
+    text = json.dumps({"run": computed(run), "specreach": __version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The specreach release, and the git commit of its source when it runs from a checkout."""
+    from specreach import __version__
+
+    git = Path(__file__).resolve().parents[2] / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            commit = ref_file.read_text().strip() if ref_file.exists() else next(
+                (line.split()[0] for line in (git / "packed-refs").read_text().splitlines() if line.endswith(ref)), "")
+        else:
+            commit = head
+    except (OSError, StopIteration):
+        commit = ""
+    return f"{__version__} (git {commit[:10]})" if commit else __version__
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``["train.lr: 0.003 → 0.001", ...]``: where two run specs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += differences(old.get(key, "(unset)"), new.get(key, "(unset)"), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old} → {new}"]

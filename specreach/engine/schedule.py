@@ -25,7 +25,11 @@ Schedule = LogWindows | EveryWindows | list[int]
 def measurement_steps(schedule: Schedule, total_steps: int) -> dict[int, int]:
     """Map each measured step (0 ≤ step < total_steps) to its window index, in step order."""
     if isinstance(schedule, list):
-        return {step: index for index, step in enumerate(sorted(set(schedule))) if 0 <= step < total_steps}
+        outside = sorted(step for step in set(schedule) if not 0 <= step < total_steps)
+        if outside:  # never dropped silently: a measurement asked for and not made is a wrong figure
+            raise ValueError(f"measure.schedule: step {outside[0]} is not a step of this run (steps 0 … "
+                             f"{total_steps - 1}); measure only steps the run trains")
+        return {step: index for index, step in enumerate(sorted(set(schedule)))}
     if isinstance(schedule, EveryWindows):
         starts = range(0, total_steps - schedule.steps_per_window + 1, schedule.every)
         return _windows(starts, schedule.steps_per_window, first_index=0)

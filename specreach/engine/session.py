@@ -10,27 +10,40 @@ engine state), so any executor can call it in another process or on another mach
   are sums of squared per-sample gradient norms and small differences of losses, which bfloat16's
   8 bits of mantissa would blur, and a measurement must mean the same whatever the training
   precision.
-- Checkpoints every ``train.checkpoint_every`` steps, on interruption and at the end. A run whose
-  folder holds a checkpoint resumes from it and ends exactly as an uninterrupted run would
+- Checkpoints are on by default: after every run of consecutive measured steps (a measurement
+  window), whenever ``train.checkpoint_minutes`` passed since the last one, every
+  ``train.checkpoint_every`` steps if set, on interruption and at the end; each is written to a
+  temporary file, synced to disk and renamed, so a crash leaves the previous one whole. A run
+  whose folder holds a checkpoint resumes from it and ends exactly as an uninterrupted run would
   (model, optimizer, scheduler, RNG states, the data position and the sinks' positions are all
   restored); a run without one starts afresh, dropping rows of an attempt that died before its
-  first checkpoint.
+  first checkpoint. A stop asked for during a measurement abandons it between two probes and
+  checkpoints the state from before the step.
+- A run folder holds one experiment: its status and checkpoint carry the run's fingerprint
+  (:func:`~specreach.engine.runs.fingerprint`), and a run never resumes from, or reports, what
+  another fingerprint recorded. The folder is locked while the run trains.
 - Everything the run records goes through one sink: the metrics table, MLflow and status.json.
-- A NaN or Inf loss ends the run as FAILED with the step and the last finite loss; bad input
-  found while setting up (data that is missing, a model that does not fit the data) too.
+- Every error ends only this run: FAILED, with the message in status.json and MLflow and the
+  traceback in traceback.txt (a NaN or Inf loss says the step and the last finite loss). A second
+  Ctrl-C stops at once: KILLED, and the last checkpoint stays as it was.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
+import traceback
 from typing import Any, Callable
 
 import torch
 
+from specreach.engine.locks import FolderBusy, FolderLock
 from specreach.engine.monitor import LNPMonitor, MonitorConfig
-from specreach.engine.run_folder import RunFolder, StatusSink
-from specreach.engine.runs import RunResult, RunSpec
+from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
+from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
 from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
+from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
     DTYPES, Progress, autocast, batches, build_data, build_network, evaluate, resolve_device, to_device, total_steps,
@@ -42,6 +55,10 @@ from specreach.tracking import Tracker, flatten
 
 class Interrupted(Exception):
     """The executor asked the run to stop at a step boundary."""
+
+
+class OtherExperiment(ValueError):
+    """The run folder holds what another run spec (or specreach release) recorded."""
 
 
 def never() -> bool:
@@ -69,33 +86,72 @@ class RunSession:
     def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True):
         self.spec, self.should_stop, self.progress_bar = run, should_stop, progress_bar
         self.folder = RunFolder(run.output_dir)
+        self.fingerprint, self.code = fingerprint(run), code_version()
         self.sink: Sink | None = None
+        self.mlflow: MlflowSink | None = None
         self.monitor: LNPMonitor | None = None
         self.progress: Progress | None = None
         self.run_id: str | None = None
         self.step = 0
+        self.before_step: dict[str, Any] | None = None  # state at the start of a measured step
+        self.last_checkpoint = time.monotonic()
 
     def run(self) -> RunResult:
         """setup → train → finish; every way a run can end passes through here."""
         try:
-            self.setup()
-        except (ValueError, FileNotFoundError) as error:  # bad input, found before the first step
-            return self.finish("FAILED", str(error))
+            with FolderLock(self.folder.path, "run folder"):
+                return self._locked_run()
+        except FolderBusy as error:  # another process runs it: its folder is not ours to write
+            return RunResult(self.spec.name, "FAILED", None, self.folder.path, str(error))
+
+    def _locked_run(self) -> RunResult:
         try:
+            resume = self._load_checkpoint()
+            self._check_same_experiment(resume)
+        except (OtherExperiment, DamagedFile) as error:  # what the folder holds is left untouched
+            return RunResult(self.spec.name, "FAILED", None, self.folder.path, str(error))
+        try:
+            self.setup(resume)
             final = self.train()
         except Interrupted:
-            self.checkpoint(self.step)
+            self.checkpoint(self.step, self.before_step)
             return self.finish("KILLED", f"interrupted at step {self.step}; resume with `specreach run --resume`")
-        except (FloatingPointError, ValueError) as error:
-            return self.finish("FAILED", str(error))
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays as it was
+            self.finish("KILLED", f"stopped at once during step {self.step}; `specreach run --resume` continues "
+                                  "from the last checkpoint", flush=False)
+            raise
+        except Exception as error:  # whatever it is, it ends this run only
+            return self.finish("FAILED", self._failure_message(error))
         finally:
             if self.progress is not None:
                 self.progress.close()
+        self.folder.prune_checkpoints(self.spec.train.keep_checkpoints)
         return self.finish("FINISHED", "", final)
+
+    def _failure_message(self, error: BaseException) -> str:
+        """The error in a line, with its traceback kept in the run folder."""
+        try:
+            self.folder.traceback.write_text("".join(traceback.format_exception(error)))
+            where = f" (traceback: {self.folder.traceback})"
+        except OSError:
+            where = ""
+        if isinstance(error, (ValueError, FileNotFoundError, FloatingPointError)):
+            return f"{error}{where}"  # errors that explain themselves: bad input, a diverged run
+        return f"{type(error).__name__}: {error}{where}"
+
+    def _check_same_experiment(self, resume: dict[str, Any] | None) -> None:
+        """Never resume or overwrite what another run spec recorded here."""
+        recorded = self.folder.read_status().get("fingerprint") if self.folder.status_file.exists() else None
+        if resume is not None:
+            recorded = resume.get("fingerprint")
+        if (recorded is None and not self.folder.recorded()) or recorded == self.fingerprint:
+            return
+        raise OtherExperiment(f"{self.folder.path} holds a run of another experiment (fingerprint {recorded}, this "
+                              f"run's is {self.fingerprint}); give a fresh output folder, or rerun with --overwrite")
 
     # --- setup -------------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, resume: dict[str, Any] | None) -> None:
         run = self.spec
         self.folder.path.mkdir(parents=True, exist_ok=True)
         self.device, self.dtype = resolve_device(run.train.device), DTYPES[run.train.dtype]
@@ -119,9 +175,9 @@ class RunSession:
                 "parameters": sum(p.numel() for p in self.model.parameters()), "trainable_parameters": trainable,
                 "seed": run.seed, "parameterization": run.recipe.parameterization.kind, "phase": run.phase,
                 "data": run.data.kind, "device": str(self.device), "precision": run.train.precision,
+                "specreach.fingerprint": self.fingerprint, "specreach.code": self.code,
                 **{f"sweep.{key}": value for key, value in run.sweep.items()}}
 
-        resume = self._load_checkpoint()
         previous_run_id = resume["run_id"] if resume else self.folder.read_status().get("run_id")
         self.sink = self._open_sinks(tags, previous_run_id)
         self.monitor = LNPMonitor(
@@ -142,6 +198,7 @@ class RunSession:
             self.sink.load_state_dict({})  # a fresh start: nothing recorded by an earlier attempt stays
         self.mlflow.catch_up(self.table.table.rows)  # MLflow gets exactly the rows of the table, once
         self.folder.write_description({"name": run.name, **tags, "steps": self.steps, "sweep": run.sweep,
+                                       "fingerprint": self.fingerprint, "code_version": self.code,
                                        "run_spec": run.model_dump(mode="json")})
         self.sink.status("RUNNING", step=self.step)
         self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar)
@@ -159,19 +216,47 @@ class RunSession:
         self.run_id = tracker.run_id
         self.table, self.mlflow = TableSink(self.folder.metrics), MlflowSink(tracker)
         # status.json last: it is what says the run is done.
-        return Sinks([self.table, self.mlflow, StatusSink(self.folder, tracker.run_id)])
+        self.status_sink = StatusSink(self.folder, tracker.run_id, fingerprint=self.fingerprint, code=self.code)
+        self.status_sink.tracking_state = self.mlflow.record
+        return Sinks([self.table, self.mlflow, self.status_sink])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.folder.checkpoint.exists():
+        """The folder's checkpoint (tensors and plain data only: nothing in it can run code)."""
+        path = self.folder.checkpoint
+        if not path.exists():
             return None
-        return torch.load(self.folder.checkpoint, map_location=self.device, weights_only=True)
+        remedy = f"delete it to start the run again from step 0 (or rerun with --overwrite)"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle.UnpicklingError, a truncated zip, an empty file ...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if "weights_only" in str(error) or "Unsupported global" in str(error):
+                reason = ("it holds Python objects besides tensors and plain data, which are not loaded (a "
+                          "checkpoint that specreach writes never does)")
+            raise DamagedFile(path, f"cannot be loaded as a checkpoint: {reason}", remedy) from None
+        missing = {"model", "optimizer", "scheduler", "monitor", "rng", "step", "sinks"} - set(
+            state if isinstance(state, dict) else ())
+        if missing:
+            raise DamagedFile(path, f"is not a specreach checkpoint (it lacks {', '.join(sorted(missing))})", remedy)
+        if state.get("code") not in (None, self.code):
+            import warnings
+
+            warnings.warn(f"{self.spec.name}: resuming a checkpoint written by specreach {state['code']} with "
+                          f"{self.code}", stacklevel=2)
+        return state
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:  # another width or architecture
+            raise DamagedFile(self.folder.checkpoint, f"does not fit this run's model ({str(error).splitlines()[0]} "
+                              "…)", "delete it to start the run again, or rerun with --overwrite") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.monitor.load_state_dict(state["monitor"])
         torch.set_rng_state(state["rng"].cpu())
+        if state.get("model_buffers"):
+            self.model.load_state_dict(state["model_buffers"], strict=False)
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.sink.load_state_dict(state["sinks"])
@@ -186,8 +271,11 @@ class RunSession:
         last_finite: tuple[int, float] | None = None
         for step in range(self.step, self.steps):
             self.step = step
+            self.before_step = None
             if self.should_stop():
                 raise Interrupted
+            if monitor.should_measure(step):  # a stop during the measurement goes back to here
+                self.before_step = self._state_before_step()
             inputs, targets = (to_device(t, self.device, self.dtype) for t in next(stream))
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(run.train.precision, self.device):
@@ -202,7 +290,11 @@ class RunSession:
             last_finite = (step, loss_value)
             loss.backward()
             lr = self.scheduler.get_last_lr()[0]
-            monitor.step(step, (inputs, targets), loss_value, outputs=outputs, lr=lr)
+            try:
+                with stop_between_probes(self.should_stop):
+                    monitor.step(step, (inputs, targets), loss_value, outputs=outputs, lr=lr)
+            except MeasurementStopped:
+                raise Interrupted from None
             if run.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
             self.optimizer.step()
@@ -210,7 +302,7 @@ class RunSession:
             monitor.after_update()
             if run.train.eval_every and (step + 1) % run.train.eval_every == 0 and step + 1 < self.steps:
                 monitor.record(step + 1, {"eval_loss": self._evaluate()})
-            if run.train.checkpoint_every and (step + 1) % run.train.checkpoint_every == 0:
+            if self._checkpoint_due(step) and step + 1 < self.steps:
                 self.checkpoint(step + 1)
             self.progress.update(step, loss_value, monitor.last_result.spectral_position
                                  if monitor.last_result else None)
@@ -225,29 +317,77 @@ class RunSession:
     def _evaluate(self) -> float:
         return evaluate(self.model, self.loss_fn, self.pool, self.monitor.batch_size, self.device, self.dtype)
 
+    def _checkpoint_due(self, step: int) -> bool:
+        """After a window of measured steps, every checkpoint_every steps, every checkpoint_minutes."""
+        train = self.spec.train
+        return (self.monitor.should_measure(step) and not self.monitor.should_measure(step + 1)) \
+            or bool(train.checkpoint_every and (step + 1) % train.checkpoint_every == 0) \
+            or time.monotonic() - self.last_checkpoint >= train.checkpoint_minutes * 60
+
+    def _state_before_step(self) -> dict[str, Any]:
+        """What a measured step changes before the update: RNG states and buffers (e.g. batch-norm
+        statistics); kept so that a stop during its measurement checkpoints the step's start."""
+        return {"rng": torch.get_rng_state(), "monitor": self.monitor.state_dict(),
+                "model_buffers": {name: buffer.detach().clone() for name, buffer in self.model.named_buffers()},
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
+
     # --- checkpoint --------------------------------------------------------------------------
 
-    def checkpoint(self, step: int) -> None:
+    def checkpoint(self, step: int, before_step: dict[str, Any] | None = None) -> None:
         """Everything needed to go on from ``step``; sinks are flushed first, so what they hold is
-        exactly what the checkpoint says was recorded."""
+        exactly what the checkpoint says was recorded. ``before_step``: the RNG states and buffers
+        from the start of ``step`` (a measurement was abandoned half-way)."""
         self.monitor.flush()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "monitor": self.monitor.state_dict(),
                  "rng": torch.get_rng_state(), "step": step, "run_id": self.run_id, "sinks": self.sink.state_dict(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        temporary = self.folder.checkpoint.with_suffix(".tmp")
-        torch.save(state, temporary)
-        temporary.replace(self.folder.checkpoint)
+                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                 "fingerprint": self.fingerprint, "code": self.code, **(before_step or {})}
+        path = self.folder.checkpoint
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(path)
+            sync_folder(path.parent)
+        except (OSError, RuntimeError) as error:  # a full disk, a quota, a vanished mount
+            temporary.unlink(missing_ok=True)
+            raise OSError(f"cannot write the checkpoint {path} ({str(error).strip().splitlines()[0]}); is the disk "
+                          "full? The previous checkpoint is intact: free space, then `specreach run --resume`") \
+                from None
+        self.last_checkpoint = time.monotonic()
 
     # --- finish ------------------------------------------------------------------------------
 
-    def finish(self, status: str, message: str, final: dict[str, float] | None = None) -> RunResult:
+    def finish(self, status: str, message: str, final: dict[str, float] | None = None, *,
+               flush: bool = True) -> RunResult:
+        """Record how the run ended, in every sink. ``flush``: False after a hard stop, whose rows
+        after the last checkpoint are recomputed by the resumed run."""
         final = final or {}
-        sink = self.sink or StatusSink(self.folder, None)  # set-up failed before the sinks were opened
-        if self.monitor is not None:
-            self.monitor.flush()
-        for artifact in (self.folder.metrics, self.folder.spectra):
-            if artifact.exists():
-                sink.artifact(artifact)
-        sink.status(status, message, step=self.step, final=final)
+        details = {"step": self.step, "final": final}
+        try:
+            if self.sink is None:  # set-up failed before the sinks were opened
+                StatusSink(self.folder, None, fingerprint=self.fingerprint, code=self.code).status(
+                    status, message, **details)
+            else:
+                if flush and self.monitor is not None:
+                    self.monitor.flush()
+                if not flush:
+                    self.mlflow.drop_pending()
+                for artifact in (self.folder.metrics, self.folder.spectra):
+                    if flush and artifact.exists():
+                        self.sink.artifact(artifact)
+                self.sink.status(status, message, **details)
+        except OSError as error:  # e.g. a full disk while recording the end: say both
+            message = f"{message}; recording the outcome failed too: {error}".lstrip("; ")
+            status = "FAILED"
+        if self.mlflow is not None and not self.mlflow.complete:
+            import warnings
+
+            root = self.folder.path.parent.parent
+            warnings.warn(f"{self.spec.name}: MLflow did not get all of this run ({self.mlflow.failure}); the run "
+                          f"folder keeps it: upload it later with `specreach sync {root} --tracking-uri URI`",
+                          stacklevel=2)
         return RunResult(self.spec.name, status, self.run_id, self.folder.path, message, final)

@@ -96,6 +96,9 @@ class TableSink(Sink):
     def write(self, row):
         self.table.append(row)
 
+    def flush(self):
+        self.table.sync()
+
     def state_dict(self):
         return {"rows": len(self.table.rows)}
 
@@ -156,6 +159,7 @@ class MlflowSink(Sink):
         from mlflow.entities import Metric
 
         batch: list = []
+        sent = 0
         for count, metrics in enumerate(self._pending, start=1):
             batch.extend(metrics)
             last = count == len(self._pending)
@@ -163,9 +167,29 @@ class MlflowSink(Sink):
                 held = self.held + count
                 batch.append(Metric(self.ROWS, float(held), int(time.time() * 1000), held))
                 self.tracker.log_batch(batch)
-                batch = []
-        self.held += len(self._pending)
+                if not self.tracker.active:  # it failed: MLflow holds what was sent before
+                    break
+                sent, batch = count, []
+        self.held += sent
         self._pending = []
+
+    def drop_pending(self) -> None:
+        """Forget rows not sent yet (a hard stop: the resumed run sends them)."""
+        self._pending = []
+
+    @property
+    def failure(self) -> str | None:
+        return self.tracker.failure
+
+    @property
+    def complete(self) -> bool:
+        """Whether MLflow got everything this sink was given (or tracking is off)."""
+        return self.tracker.failure is None
+
+    def record(self) -> dict[str, Any]:
+        """What MLflow holds of this run, for its status file (``specreach sync`` reads it)."""
+        return {"uri": self.tracker.uri, "run_id": self.tracker.run_id, "rows": self.held,
+                "complete": self.complete, **({"failure": self.failure} if self.failure else {})}
 
     def artifact(self, path, folder=None):
         self.tracker.log_artifact(path, folder)
