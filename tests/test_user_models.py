@@ -98,6 +98,8 @@ def test_paths_say_where_each_parameter_was_seen(float64):
     assert paths["norm.weight"] == "LayerNorm layer rule of 'norm'"  # rows of the flattened batch
     assert paths["mix.weight"] == "Linear layer rule of 'mix'"
     assert paths["head.weight"].startswith("closed form of the linear readout 'head'")
+    model, loss_fn, batch_a, _, _, _ = build("interleaved_rows", cross=False)
+    assert measure_lnp(model, loss_fn, batch_a).paths["mix.weight"].startswith("enclosing VJP")
     model, loss_fn, batch_a, _, _, _ = build("multihead_attention", cross=False)
     paths = measure_lnp(model, loss_fn, batch_a).paths
     # The attention returns a tuple, so the enclosing per-sample call is the model itself.

@@ -223,6 +223,23 @@ class FlattenedRows(nn.Module):
         return self.head(h + h.mean(1, keepdim=True))  # positions mix: a row's gradient reaches them all
 
 
+class InterleavedRows(nn.Module):
+    """Seq-first rows (``x.transpose(0, 1).reshape(-1, d)``): rows of different samples interleave,
+    so no layer rule may group them by sample; the per-sample VJP of the model takes over."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.mix = nn.Linear(4, 4)
+        self.head = nn.Linear(4, VOCAB)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        n, t, d = x.shape
+        rows = torch.tanh(self.mix(x.transpose(0, 1).reshape(-1, d)))
+        return self.head(rows.reshape(t, n, d).transpose(0, 1))
+
+
 class DropoutMLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -328,6 +345,10 @@ def flattened_rows():
     return _lm_case(FlattenedRows())
 
 
+def interleaved_rows():
+    return _lm_case(InterleavedRows())
+
+
 def shared_block():
     return _classification(SharedBlockNet(), inputs=5)
 
@@ -372,6 +393,7 @@ CASES = {
     "multihead_attention": multihead_attention,
     "functional_ops": functional_ops,
     "flattened_rows": flattened_rows,
+    "interleaved_rows": interleaved_rows,
     "shared_block": shared_block,
     "unused_parameters": unused_parameters,
     "dropout_mlp": dropout_mlp,

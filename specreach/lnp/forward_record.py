@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
@@ -41,6 +42,8 @@ class ModuleCall:
     output: Any = field(default=None, repr=False)
     version: int = 0  # output._version when recorded, to catch later in-place changes
     uses: set[int] = field(default_factory=set)  # ids of trainable parameters used directly in this call
+    #: its first input is the batch flattened into rows, sample by sample (see ``flattens_batch``)
+    flattened_input: bool = False
 
     @property
     def name(self) -> str:
@@ -68,19 +71,34 @@ class ModuleCall:
         return is_batched(self.output, n) and bool(self.batched_tensors(n))
 
     def flattens_batch(self, n: int) -> bool:
-        """The input is the batch with its leading dims flattened into rows (``x.reshape(-1, d)`` of a
-        batch-first tensor, as OPT's feed-forward does), sample by sample: a contiguous view of the
-        whole of a contiguous batch-first tensor, so sample i owns the i-th n-th of the rows."""
+        """The input is the batch flattened into rows sample by sample (``x.reshape(-1, d)`` of a
+        batch-first tensor, as Swin's windows and OPT's feed-forward), so that sample i owns the
+        i-th n-th of the rows, and the output has the same rows."""
         first = self.args[0] if self.args else None
-        if not isinstance(first, Tensor) or first.dim() == 0 or first.shape[0] <= n or first.shape[0] % n:
-            return False
-        base = first._base
-        return (base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
-                and first.is_contiguous() and first.numel() == base.numel()
-                and first.storage_offset() == base.storage_offset()
-                and isinstance(self.output, Tensor) and self.output.dim() > 0
-                and self.output.shape[0] == first.shape[0])
+        return (self.flattened_input and isinstance(first, Tensor) and isinstance(self.output, Tensor)
+                and self.output.dim() > 0 and self.output.shape[0] == first.shape[0])
 
+
+def sample_rows(value: Any, n: int) -> bool:
+    """A contiguous view of the whole of a contiguous batch-first tensor, with more rows than samples:
+    its rows are the samples' rows in order, n-th by n-th."""
+    if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] <= n or value.shape[0] % n:
+        return False
+    base = value._base
+    return (base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
+            and value.is_contiguous() and value.numel() == base.numel()
+            and value.storage_offset() == base.storage_offset())
+
+
+#: Functions that compute each row of their output from the same row of their inputs: the sample
+#: rows of a flattened batch stay the sample rows through them.
+_ROW_WISE = {
+    F.linear, F.layer_norm, F.rms_norm, F.group_norm, F.dropout, F.gelu, F.relu, F.silu, F.mish,
+    F.softplus, F.leaky_relu, F.elu, F.hardtanh, F.hardswish, torch.tanh, torch.sigmoid, torch.relu,
+    torch.Tensor.tanh, torch.Tensor.sigmoid, torch.Tensor.relu, torch.add, torch.sub, torch.mul, torch.div,
+    torch.Tensor.add, torch.Tensor.sub, torch.Tensor.mul, torch.Tensor.div, torch.Tensor.to,
+    torch.Tensor.contiguous, torch.Tensor.float, torch.Tensor.type_as,
+}
 
 @dataclass(eq=False)
 class OpUse:
@@ -178,6 +196,7 @@ class _ParameterUses(TorchFunctionMode):
         output = func(*args, **kwargs)
         if batched:  # computed from the batch: so is whatever it returns
             recorder.note_batch_data(output)
+            recorder.note_rows(func, args, kwargs, output)
         if operands:
             recorder.note_op(func, args, kwargs, output, operands, batched)
         return output
@@ -211,6 +230,8 @@ class ForwardRecorder:
         #: ids of tensors computed from the batch (the model's inputs and everything made from them);
         #: an id reused by a freed tensor can only add to it, which errs on the safe side
         self.batch_data: set[int] = set()
+        #: ids of tensors that are the batch flattened into rows, sample by sample (kept alive)
+        self.sample_rows: set[int] = set()
         #: ids of modules whose output the model modifies in place (``x += shortcut``): the model gets
         #: a copy, and the recorded output keeps its own gradient
         self.copy_outputs: set[int] = set()
@@ -222,6 +243,27 @@ class ForwardRecorder:
     @property
     def root(self) -> ModuleCall:
         return self.calls[0]
+
+    def note_rows(self, func, args: tuple, kwargs: dict, output: Any) -> None:
+        """Follow the batch flattened into rows: views of the batch start it; row-wise functions keep it."""
+        if not isinstance(output, Tensor) or self.n is None:
+            return
+        if sample_rows(output, self.n):
+            self.sample_rows.add(id(output))
+            self._kept.append(output)
+            return
+        if func not in _ROW_WISE or output.dim() == 0:
+            return
+        rows = output.shape[0]
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
+        flattened = [v for v in tensors if id(v) in self.sample_rows]
+        if not flattened or any(v.shape[0] != rows for v in flattened):
+            return
+        # every other operand is the same rows, or the same for every row (broadcast, parameters)
+        if all(id(v) in self.sample_rows or v.dim() < output.dim() or v.shape[0] == 1 or id(v) not in self.batch_data
+               for v in tensors):
+            self.sample_rows.add(id(output))
+            self._kept.append(output)
 
     def note_batch_data(self, values: Any) -> None:
         for value in pytree.tree_leaves(values):
@@ -258,6 +300,7 @@ class ForwardRecorder:
         self.transposes.clear()
         self.derived.clear()
         self.batch_data.clear()
+        self.sample_rows.clear()
         self._kept.clear()
         self.n = None
         self._stack.clear()
@@ -282,6 +325,7 @@ class ForwardRecorder:
         self.transposes.clear()
         self.derived.clear()
         self.batch_data.clear()
+        self.sample_rows.clear()
         self._kept.clear()
 
     def _tick(self) -> int:
@@ -304,6 +348,8 @@ class ForwardRecorder:
         call = self._stack.pop()
         call.end = self._tick()
         call.args, call.kwargs, call.output = args, kwargs, output
+        call.flattened_input = bool(args) and self.n is not None and (
+            id(args[0]) in self.sample_rows or sample_rows(args[0], self.n))
         if isinstance(output, Tensor):
             call.version = output._version
             if id(module) in self.copy_outputs:  # the model changes it in place: hand it a copy
