@@ -40,13 +40,14 @@ import torch
 
 from specreach.engine.locks import FolderBusy, FolderLock
 from specreach.engine.monitor import LNPMonitor, MonitorConfig
+from specreach.engine.progress import Progress
 from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
 from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
 from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
-    DTYPES, Progress, autocast, batches, build_data, build_network, evaluate, resolve_device, to_device, total_steps,
+    DTYPES, autocast, batches, build_data, build_network, evaluate, resolve_device, to_device, total_steps,
     warmup_factor,
 )
 from specreach.models.parameterization import optimizer_for, save_checkpoint
@@ -201,7 +202,8 @@ class RunSession:
                                        "fingerprint": self.fingerprint, "code_version": self.code,
                                        "run_spec": run.model_dump(mode="json")})
         self.sink.status("RUNNING", step=self.step)
-        self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar)
+        self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar,
+                                 measured=self.monitor.schedule)
 
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:
         run = self.spec
@@ -276,6 +278,7 @@ class RunSession:
                 raise Interrupted
             if monitor.should_measure(step):  # a stop during the measurement goes back to here
                 self.before_step = self._state_before_step()
+                self.progress.measuring(step)
             inputs, targets = (to_device(t, self.device, self.dtype) for t in next(stream))
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(run.train.precision, self.device):

@@ -4,7 +4,6 @@ the batch stream, evaluation, the device and the precision."""
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 from torch import nn
@@ -106,28 +105,3 @@ def evaluate(model: nn.Module, loss_fn, pool, batch_size: int, device, dtype) ->
             total += float(loss_fn(model(x), y)) * x.shape[0]
             count += x.shape[0]
     return total / count
-
-
-class Progress:
-    """A progress bar on a terminal, plain log lines otherwise (and always when runs share a terminal)."""
-
-    def __init__(self, name: str, total: int, start: int, bar: bool = True):
-        self.name, self.total = name, total
-        self.every = max(1, total // 10)
-        self.bar = None
-        if bar and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=name, leave=True, dynamic_ncols=True)
-
-    def update(self, step: int, loss: float, position: float | None) -> None:
-        p = f"{position:.3g}" if position is not None else "-"
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {loss:.4g} P {p}", refresh=False)
-        elif step % self.every == 0 or step == self.total - 1:
-            print(f"[{self.name}] step {step + 1}/{self.total} loss {loss:.4g} P {p}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -29,6 +29,7 @@ from typing import Callable, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from specreach.engine.progress import SweepProgress
 from specreach.engine.runs import RunResult, RunSpec
 
 
@@ -64,6 +65,7 @@ class Plan:
         self.pending = list(runs)
         self.outcomes: dict[str, RunResult] = dict(done or {})
         self.results: dict[str, RunResult] = {}
+        self.progress = SweepProgress(len(runs) + len(self.outcomes), done=len(self.outcomes))
         known = set(self.order) | set(self.outcomes)
         for run in runs:
             missing = [need for need in run.needs if need not in known]
@@ -87,6 +89,7 @@ class Plan:
     def record(self, result: RunResult) -> None:
         self.outcomes[result.name] = result
         self.results[result.name] = result
+        self.progress.run_done(result.name, result.status)
 
     def retry(self, run: RunSpec) -> None:
         """Put a run back at the front (its process died; it resumes from its checkpoint)."""
@@ -97,6 +100,7 @@ class Plan:
         return bool(self.pending)
 
     def ordered_results(self) -> list[RunResult]:
+        self.progress.close()
         return [self.results[name] for name in self.order if name in self.results]
 
 
