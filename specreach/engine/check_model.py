@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from specreach.engine.runs import RunSpec
 from specreach.engine.tasks import loss_for, output_size
-from specreach.engine.training import DTYPES, build_data, build_network, resolve_device, to_device
+from specreach.engine.training import DTYPES, build_data, build_network, model_recipe, resolve_device, to_device
 from specreach.lnp.verify import VerificationReport, verify_model
 
 
@@ -41,7 +41,7 @@ def check_run(run: RunSpec, samples: int = 2) -> ModelCheck:
     data = build_data(run)
     info = data.info()
     inputs, targets = data.validation_pool()
-    model = build_network(run, output_size(info)).to(device=device, dtype=dtype)
+    model = build_network(run, output_size(info), model_recipe(run, info)).to(device=device, dtype=dtype)
     batch = (to_device(inputs[:samples], device, dtype), to_device(targets[:samples], device, dtype))
     return ModelCheck(run.name, verify_model(model, loss_for(info), batch, samples=samples, raise_on_mismatch=False))
 

@@ -47,8 +47,8 @@ from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
-    DTYPES, autocast, batches, build_data, build_network, evaluate, resolve_device, to_device, total_steps,
-    warmup_factor,
+    DTYPES, autocast, batches, build_data, build_network, evaluate, model_recipe, resolve_device, to_device,
+    total_steps, warmup_factor,
 )
 from specreach.models.parameterization import optimizer_for, save_checkpoint
 from specreach.tracking import Tracker, flatten
@@ -163,9 +163,10 @@ class RunSession:
             pool = (pool[0][:run.measure.validation_size], pool[1][:run.measure.validation_size])
         self.pool = pool
         self.loss_fn = loss_for(info)
-        self.model = build_network(run, output_size(info)).to(device=self.device, dtype=self.dtype)
+        self.recipe = model_recipe(run, info)  # with what the data decides (a Llama's vocab when not given)
+        self.model = build_network(run, output_size(info), self.recipe).to(device=self.device, dtype=self.dtype)
         if run.phase == "train":
-            check_model_fits_data(self.model, run.recipe.params, info, to_device(pool[0][:2], self.device, self.dtype),
+            check_model_fits_data(self.model, self.recipe.params, info, to_device(pool[0][:2], self.device, self.dtype),
                                   run.recipe.kind, run.data.kind)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.steps = total_steps(run, self.data, trainable)
@@ -314,7 +315,7 @@ class RunSession:
         monitor.record(self.steps, final)
         self.checkpoint(self.steps)
         if run.phase == "train":  # probes of a trained backbone load this
-            save_checkpoint(self.folder.final_model, model, run.recipe)
+            save_checkpoint(self.folder.final_model, model, self.recipe)
         return final
 
     def _evaluate(self) -> float:

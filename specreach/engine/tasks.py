@@ -32,14 +32,19 @@ def output_size(info: DataInfo) -> int:
 
 def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, sample: Tensor,
                           model_name: str, data_name: str) -> None:
-    """Fail early, with both sides named, when a model cannot consume or predict the data."""
-    vocab = model_params.get("vocab")
-    if info.task == "next-token" and vocab is not None and vocab < info.vocab:
-        raise ValueError(f"model '{model_name}' has vocab {vocab} but data '{data_name}' has {info.vocab} tokens; "
-                         f"set model params vocab: {info.vocab}")
-    classes = model_params.get("classes")
-    if info.task == "classification" and classes is not None and classes != info.classes:
-        raise ValueError(f"model '{model_name}' has {classes} classes but data '{data_name}' has {info.classes}")
+    """Fail early, with both sides named, when a model cannot consume or predict the data: its
+    builder's ``output_size`` against what the task needs, then one forward on a sample."""
+    from specreach.models.parameterization import builder_for
+
+    builder = builder_for(model_name)
+    outputs_declared = builder.output_size(builder.Params(**model_params))
+    if info.task == "next-token" and outputs_declared < info.vocab:
+        raise ValueError(f"model '{model_name}' has a vocabulary of {outputs_declared} but data '{data_name}' has "
+                         f"{info.vocab} tokens; set model params vocab: {info.vocab} (or leave vocab out)")
+    if info.task != "next-token" and outputs_declared != output_size(info):
+        raise ValueError(f"model '{model_name}' has {outputs_declared} outputs but task '{info.task}' of data "
+                         f"'{data_name}' needs {output_size(info)}"
+                         + (f" (its {info.classes} classes)" if info.task == "classification" else ""))
     try:
         with torch.no_grad():
             outputs = model(sample)

@@ -8,10 +8,11 @@ import contextlib
 import torch
 from torch import nn
 
-from specreach.data.base import DataSource
+from specreach.data.base import DataInfo, DataSource
 from specreach.engine.runs import RunSpec
 from specreach.models.linear_probe import LinearProbe
 from specreach.models.parameterization import build_model, builder_for, load_model
+from specreach.params.models import ModelRecipe
 from specreach.plugins import create
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -38,15 +39,24 @@ def build_data(run: RunSpec) -> DataSource:
     return create("dataset", run.data.kind, **run.data.params)
 
 
-def build_network(run: RunSpec, outputs: int) -> nn.Module:
+def model_recipe(run: RunSpec, info: DataInfo) -> ModelRecipe:
+    """The run's model recipe with what the data decides filled in (a Llama's vocab when not given)."""
+    builder = builder_for(run.recipe.kind)
+    params = builder.fit_to_data(builder.Params(**run.recipe.params), info)
+    return run.recipe.model_copy(update={"params": params.model_dump()})
+
+
+def build_network(run: RunSpec, outputs: int, recipe: ModelRecipe | None = None) -> nn.Module:
+    """The run's network from ``recipe`` (default: the run's own, see :func:`model_recipe`)."""
+    recipe = recipe or run.recipe
     if run.phase == "train":
-        return build_model(run.recipe)
+        return build_model(recipe)
     if run.phase == "probe-trained":
         backbone, _ = load_model(run.backbone_checkpoint)
     else:  # a fresh random backbone, from the same recipe and seed as the trained one
-        backbone = build_model(run.recipe)
-    builder = builder_for(run.recipe.kind)
-    size = builder.representation_size(builder.Params(**run.recipe.params))
+        backbone = build_model(recipe)
+    builder = builder_for(recipe.kind)
+    size = builder.representation_size(builder.Params(**recipe.params))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         return LinearProbe(backbone, size, outputs)

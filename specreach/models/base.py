@@ -1,13 +1,22 @@
-"""The model-builder interface.
+"""The model-builder interface: the explicit contract between a model and the engine.
 
-A builder turns a validated parameter model into an ``nn.Module``. It knows which of its
-parameters are widths, so that muP can build base and delta models at other widths
-(``specreach.models.parameterization``). Register a builder from a plugin with
-``register(MyBuilder)`` in the ``register_models`` hook.
+A builder turns a validated parameter model into an ``nn.Module``. What the engine needs to know
+about a model it asks the builder, never the module's attributes:
 
-A model that a linear probe can be trained on defines a ``representation(inputs)`` method: its
-final-layer representation, the input of its output layer (:func:`representation_of` checks for it;
-an attribute that merely happens to be called ``features`` does not count).
+- ``build(params)``: the model (and its muP variant);
+- ``output_size(params)``: outputs per position (a vocabulary, classes, 1 for regression), checked
+  against the data before anything trains;
+- ``example_batch(params, batch_size, generator)``: inputs and targets of the shapes the model takes
+  (muP's coordinate check and smoke tests need no data);
+- ``fit_to_data(params, info)``: parameters the data decides when the spec leaves them out (a Llama's
+  ``vocab``);
+- ``width_field`` and ``at_width``: which parameter is the width muP scales;
+- ``representation_size(params)``, with the model's ``representation(inputs)`` method: the
+  final-layer representation a linear probe trains on (:func:`representation_of` checks the method
+  is defined by the model's class; an attribute that merely happens to be called ``features`` does
+  not count).
+
+Register a builder from a plugin with ``register(MyBuilder)`` in the ``register_models`` hook.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from typing import Callable, ClassVar
 import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
+
+from specreach.data.base import DataInfo
 
 
 class ModelBuilder(ABC):
@@ -37,6 +48,19 @@ class ModelBuilder(ABC):
         rescaling of hidden weights are applied by ``specreach.models.parameterization``, which
         assumes the standard initialization gives hidden weight matrices a width-independent
         standard deviation (Llama's and timm's 0.02)."""
+
+    @abstractmethod
+    def output_size(self, params: BaseModel) -> int:
+        """Outputs per position: the last dimension of ``build(params)(inputs)``."""
+
+    @abstractmethod
+    def example_batch(self, params: BaseModel, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)``: a random batch of the shapes and dtypes the model takes, drawn from
+        ``generator`` only, with targets as the data sources of its task give them."""
+
+    def fit_to_data(self, params: BaseModel, info: DataInfo) -> BaseModel:
+        """``params`` with what the data decides filled in where the spec left it out (default: as given)."""
+        return params
 
     def at_width(self, params: BaseModel, width: int) -> BaseModel:
         """The same architecture at another width, every width dimension scaled along."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from specreach.data.base import DataInfo
 from specreach.models.base import ModelBuilder, mup_readout_from, scaled_dimension
 from specreach.models.llama import Llama, LlamaConfig
 from specreach.models.random_features import RandomFeatureModel
@@ -19,6 +21,9 @@ class LlamaBuilder(ModelBuilder):
     width_field = "hidden"
 
     def build(self, params: LlamaParams, *, mup_base: LlamaParams | None = None) -> nn.Module:
+        if params.vocab is None:
+            raise ValueError("model 'llama' needs vocab: give it in model.params, or build the model for a data "
+                             "source (fit_to_data), which knows its vocabulary")
         config = LlamaConfig(vocab=params.vocab, layers=params.layers, hidden=params.hidden, ff=params.ff,
                              heads=params.heads, context=params.context)
         model = Llama(config)
@@ -38,6 +43,21 @@ class LlamaBuilder(ModelBuilder):
 
     def representation_size(self, params: LlamaParams) -> int:
         return params.hidden
+
+    def output_size(self, params: LlamaParams) -> int:
+        if params.vocab is None:
+            raise ValueError("model 'llama' has no vocab yet: it comes from model.params or the data source")
+        return params.vocab
+
+    def fit_to_data(self, params: LlamaParams, info: DataInfo) -> LlamaParams:
+        if params.vocab is not None or info.vocab is None:
+            return params
+        return params.model_copy(update={"vocab": info.vocab})
+
+    def example_batch(self, params: LlamaParams, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        tokens = torch.randint(0, self.output_size(params), (batch_size, min(params.context, 32) + 1),
+                               generator=generator)
+        return tokens[:, :-1], tokens[:, 1:]
 
 
 class ViTBuilder(ModelBuilder):
@@ -61,6 +81,13 @@ class ViTBuilder(ModelBuilder):
     def representation_size(self, params: ViTParams) -> int:
         return params.hidden
 
+    def output_size(self, params: ViTParams) -> int:
+        return params.classes
+
+    def example_batch(self, params: ViTParams, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        images = torch.randn(batch_size, params.channels, params.image_size, params.image_size, generator=generator)
+        return images, torch.randint(0, params.classes, (batch_size,), generator=generator)
+
 
 class RandomFeaturesBuilder(ModelBuilder):
     name = "random-features"
@@ -77,6 +104,14 @@ class RandomFeaturesBuilder(ModelBuilder):
 
     def representation_size(self, params: RandomFeaturesParams) -> int:
         return params.features
+
+    def output_size(self, params: RandomFeaturesParams) -> int:
+        return 1
+
+    def example_batch(self, params: RandomFeaturesParams, batch_size: int,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return (torch.randn(batch_size, params.inputs, generator=generator),
+                torch.randn(batch_size, 1, generator=generator))
 
 
 BUILDERS = (LlamaBuilder, ViTBuilder, RandomFeaturesBuilder)

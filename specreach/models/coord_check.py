@@ -41,7 +41,8 @@ def coord_check(kind: str, params: dict, widths: list[int], parameterization: Pa
         width_params = builder.at_width(base_params, width).model_dump()
         model = build_model(ModelRecipe(kind=kind, params=width_params, parameterization=parameterization, seed=seed))
         optimizer = optimizer_for(model, parameterization, lr=lr)
-        inputs, targets = _synthetic_batch(kind, builder.Params(**width_params), batch_size, seed)
+        inputs, targets = builder.example_batch(builder.Params(**width_params), batch_size,
+                                                torch.Generator().manual_seed(seed))  # the check needs no real data
         store: dict[str, list[float]] = {}
         handles = _record_scales(model, store)
         try:
@@ -56,18 +57,6 @@ def coord_check(kind: str, params: dict, widths: list[int], parameterization: Pa
                 handle.remove()
         scales[width] = store
     return scales
-
-
-def _synthetic_batch(kind: str, params, batch_size: int, seed: int):
-    """A fixed random batch of the shape the architecture expects (the check needs no real data)."""
-    generator = torch.Generator().manual_seed(seed)
-    if kind == "llama":
-        tokens = torch.randint(0, params.vocab, (batch_size, min(params.context, 32) + 1), generator=generator)
-        return tokens[:, :-1], tokens[:, 1:]
-    if kind == "vit":
-        images = torch.randn(batch_size, params.channels, params.image_size, params.image_size, generator=generator)
-        return images, torch.randint(0, params.classes, (batch_size,), generator=generator)
-    raise ValueError(f"coordinate check supports 'llama' and 'vit', not {kind!r}")
 
 
 def plot_coord_check(scales: Scales, path: str | Path, title: str) -> Path:

@@ -33,7 +33,8 @@ class ModelRecipe(BaseModel):
 
 class LlamaParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    vocab: int = Field(ge=2, description="Vocabulary size (tokens).")
+    vocab: int | None = Field(None, ge=2, description=(
+        "Vocabulary size (tokens); default: the data source's vocabulary."))
     layers: int = Field(ge=1, description="Transformer blocks.")
     hidden: int = Field(ge=1, description="Residual-stream width; the muP width.")
     ff: int = Field(ge=1, description="SwiGLU feed-forward dimension.")
