@@ -77,10 +77,15 @@ class ModelSection(Strict):
         None, description="Named sizes to sweep: each maps parameter names to the values that differ.")
     presets: list[str] | None = Field(None, description="Preset names to sweep (see `specreach models`).")
 
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_name_folders(cls, value):
+        for size in value or {}:
+            safe_name(size, "size name")
+        return value
+
     @model_validator(mode="after")
     def _one_way(self):
-        for size in self.sizes or {}:
-            safe_name(size, "size name")
         if (self.kind is None) == (self.presets is None):
             raise ValueError("give either 'kind' (with params and optional sizes) or 'presets', not both or neither")
         if self.presets is not None:

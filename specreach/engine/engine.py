@@ -224,11 +224,7 @@ class Engine:
 
 def _checkpoint_fingerprint(folder: RunFolder) -> str | None:
     """The fingerprint in a run's checkpoint (a run that died before writing its status)."""
-    if not folder.checkpoint.exists():
-        return None
-    import torch
+    from specreach.engine.session import load_checkpoint
 
-    try:
-        return torch.load(folder.checkpoint, map_location="cpu", weights_only=True).get("fingerprint")
-    except Exception:  # the run session says what is wrong with it, when it runs
-        return None
+    state = load_checkpoint(folder.checkpoint)
+    return state.get("fingerprint") if state is not None else None

@@ -83,6 +83,27 @@ def run_session(run: RunSpec, should_stop: Callable[[], bool] = never, *, thread
         torch.set_num_threads(before)
 
 
+def load_checkpoint(path) -> dict[str, Any] | None:
+    """A run's checkpoint (None when there is none), loaded with ``weights_only``: tensors and plain
+    data only, so nothing in the file can run code. A damaged or foreign file is a DamagedFile."""
+    if not path.exists():
+        return None
+    remedy = "delete it to start the run again from step 0 (or rerun with --overwrite)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError, a truncated zip, an empty file ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = ("it holds Python objects besides tensors and plain data, which are not loaded (a checkpoint "
+                      "that specreach writes never does)")
+        raise DamagedFile(path, f"cannot be loaded as a checkpoint: {reason}", remedy) from None
+    missing = {"model", "optimizer", "scheduler", "monitor", "rng", "step", "sinks"} - set(
+        state if isinstance(state, dict) else ())
+    if missing:
+        raise DamagedFile(path, f"is not a specreach checkpoint (it lacks {', '.join(sorted(missing))})", remedy)
+    return state
+
+
 class RunSession:
     def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True):
         self.spec, self.should_stop, self.progress_bar = run, should_stop, progress_bar
@@ -136,8 +157,8 @@ class RunSession:
             where = f" (traceback: {self.folder.traceback})"
         except OSError:
             where = ""
-        if isinstance(error, (ValueError, FileNotFoundError, FloatingPointError)):
-            return f"{error}{where}"  # errors that explain themselves: bad input, a diverged run
+        if type(error) in (ValueError, FileNotFoundError, FloatingPointError, OSError, DamagedFile):
+            return f"{error}{where}"  # errors that explain themselves: bad input, a diverged run, a full disk
         return f"{type(error).__name__}: {error}{where}"
 
     def _check_same_experiment(self, resume: dict[str, Any] | None) -> None:
@@ -224,24 +245,8 @@ class RunSession:
         return Sinks([self.table, self.mlflow, self.status_sink])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
-        """The folder's checkpoint (tensors and plain data only: nothing in it can run code)."""
-        path = self.folder.checkpoint
-        if not path.exists():
-            return None
-        remedy = f"delete it to start the run again from step 0 (or rerun with --overwrite)"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle.UnpicklingError, a truncated zip, an empty file ...
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            if "weights_only" in str(error) or "Unsupported global" in str(error):
-                reason = ("it holds Python objects besides tensors and plain data, which are not loaded (a "
-                          "checkpoint that specreach writes never does)")
-            raise DamagedFile(path, f"cannot be loaded as a checkpoint: {reason}", remedy) from None
-        missing = {"model", "optimizer", "scheduler", "monitor", "rng", "step", "sinks"} - set(
-            state if isinstance(state, dict) else ())
-        if missing:
-            raise DamagedFile(path, f"is not a specreach checkpoint (it lacks {', '.join(sorted(missing))})", remedy)
-        if state.get("code") not in (None, self.code):
+        state = load_checkpoint(self.folder.checkpoint)
+        if state is not None and state.get("code") not in (None, self.code):
             import warnings
 
             warnings.warn(f"{self.spec.name}: resuming a checkpoint written by specreach {state['code']} with "
