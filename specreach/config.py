@@ -170,10 +170,19 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
     def problem(path: KeyPath, message: str) -> None:
         problems.append(loaded.problem(path, message))
 
-    def check_params(params_class, params, path: KeyPath) -> None:
+    def check_params(params_class, params, path: KeyPath, shared_path: KeyPath | None = None,
+                     own: dict | None = None) -> None:
+        """``shared_path``: where keys not in ``own`` come from (model.params, for a size's params)."""
         if not isinstance(params, dict):
             problem(path, f"expected a mapping of parameters, got {_kind_of(params)}")
             return
+
+        def problem(key_path: KeyPath, message: str) -> None:
+            if shared_path is not None and key_path[len(path):len(path) + 1] and \
+                    key_path[len(path)] not in (own or {}):
+                key_path = shared_path + key_path[len(path):]
+            problems.append(loaded.problem(key_path, message))
+
         try:
             validated = params_class(**{str(k): v for k, v in params.items()})
         except ValidationError as error:
@@ -223,7 +232,8 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
                     for size, size_params in sizes.items():
                         path = ("model", "sizes", size) if size != "" else ("model", "params")
                         if isinstance(size_params, dict):
-                            check_params(params_class, {**shared, **size_params}, path)
+                            check_params(params_class, {**shared, **size_params}, path, ("model", "params"),
+                                         size_params)
                         else:
                             problem(path, f"expected a mapping of parameters, got {_kind_of(size_params)}")
     data = config.get("data")

@@ -34,7 +34,12 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
-        return f"{where}: {self.path or '(spec)'}: {self.message}"
+        return f"{where}: {printable(self.path) or '(spec)'}: {printable(self.message)}"
+
+
+def printable(text: str) -> str:
+    """One line of visible text: control characters of a key or value shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class SpecError(ValueError):

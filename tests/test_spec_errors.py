@@ -1,0 +1,249 @@
+"""What cannot work is refused by `specreach validate` with FILE:LINE (or the override) and a hint, and
+no input gives a raw Python error; overrides in Hydra's grammar."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from engine_helpers import TINY_SPEC, write_spec
+from specreach.config import SpecError, check_spec, load_spec
+
+
+@pytest.fixture
+def validate(capsys):
+    from types import SimpleNamespace
+
+    from specreach.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main(["validate", *map(str, args)])
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    return run
+
+
+def spec_text(**changes) -> str:
+    spec = {**TINY_SPEC, **changes}
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def line_of(path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), start=1) if needle in line)
+
+
+def refused(validate, path, *overrides) -> str:
+    done = validate(path, *overrides)
+    assert done.returncode == 1, done.stdout
+    assert "Traceback" not in done.stderr
+    return done.stderr.strip()
+
+
+# --- the YAML file -----------------------------------------------------------------------------------
+
+def test_duplicate_keys_are_refused_at_the_second_one(tmp_path, validate):
+    path = tmp_path / "dup.yaml"
+    path.write_text(spec_text().replace("  lr: 0.003\n", "  lr: 0.003\n  lr: 0.3\n"))
+    error = refused(validate, path)
+    second = line_of(path, "lr: 0.3")
+    assert f"{path}:{second}: train.lr: duplicate key (also on line {second - 1})" in error
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path, validate):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]  # 10^10 values
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n" + spec_text())
+    error = refused(validate, path)
+    assert "aliases expand this file to more than 20,000 values" in error and error.startswith(f"{path}:")
+
+
+def test_recursive_aliases_and_deep_nesting_are_refused(tmp_path, validate):
+    path = tmp_path / "loop.yaml"
+    path.write_text("loop: &loop [1, *loop]\n" + spec_text())
+    assert f"{path}:1: (spec): alias *loop refers to the collection it is part of" in refused(validate, path)
+    path.write_text("deep: " + "[" * 5000 + "]" * 5000 + "\n" + spec_text())
+    assert f"{path}:1: (spec): nested deeper than 32 levels" in refused(validate, path)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path, validate):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(spec_text().replace("name: tiny", "name: tiny  # Größe").encode("latin-1"))
+    assert refused(validate, path) == f"{path}:1: (spec): not UTF-8 text (byte 0xf6 at column 17); save the file " \
+                                       "as UTF-8"
+
+
+def test_environment_variables_are_not_read_into_a_spec(tmp_path, validate, monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    path = tmp_path / "env.yaml"
+    path.write_text(spec_text(tracking={"experiment": "${oc.env:SECRET_TOKEN}"}))
+    error = refused(validate, path)
+    assert "tracking.experiment: reads environment variable SECRET_TOKEN: a spec does not read the environment" \
+        in error and "hunter2" not in error
+    error = refused(validate, write_spec(tmp_path), "train.lr=${oc.env:SECRET_TOKEN}")
+    assert error.startswith("override 'train.lr=${oc.env:SECRET_TOKEN}': train.lr: reads environment variable")
+
+
+# --- values that cannot work -------------------------------------------------------------------------
+
+CANNOT_WORK = {
+    "duplicate seeds": ({"train": {**TINY_SPEC["train"], "seeds": [0, 1, 0]}}, "seeds:",
+                        "train.seeds: Value error, seed 0 given more than once: each seed is one run"),
+    "a boolean learning rate": ({"train": {**TINY_SPEC["train"], "lr": True}}, "lr:",
+                                "train.lr: expected a number, got true"),
+    "a boolean model parameter": ({"model": {**TINY_SPEC["model"], "params": {**TINY_SPEC["model"]["params"],
+                                                                               "layers": True}}},
+                                  "layers:", "model.params.layers: expected a number, got true"),
+    "an infinite number": ({"train": {**TINY_SPEC["train"], "weight_decay": float("inf")}}, "weight_decay:",
+                           "train.weight_decay: inf is not a usable number here"),
+    "nan as text": ({"train": {**TINY_SPEC["train"], "eps": "nan"}}, "  eps:",
+                    "train.eps: Input should be a finite number"),
+    "betas outside [0, 1)": ({"train": {**TINY_SPEC["train"], "betas": [0.9, 1.0]}}, "betas:",
+                             "train.betas: Value error, AdamW betas must lie in [0, 1), got [0.9, 1.0]"),
+    "a negative schedule step": ({"measure": {**TINY_SPEC["measure"], "schedule": [0, -5]}}, "schedule:",
+                                 "measure.schedule: Value error, measured steps count from 0; -5 is not a training step"),
+    "a schedule step past the end": ({"measure": {**TINY_SPEC["measure"], "schedule": [0, 12]}}, "schedule:",
+                                     "measure.schedule: step 12 is not a training step: train.steps is 12"),
+    "windows that do not fit": ({"measure": {**TINY_SPEC["measure"], "schedule": {"windows": 8,
+                                                                                   "steps_per_window": 2}}},
+                                "schedule:", "measure.schedule: 8 windows of 2 steps after 1 single steps need 17"),
+    "absurd probes": ({"measure": {**TINY_SPEC["measure"], "probes": 100000000}}, "probes:",
+                      "measure.probes: Input should be less than or equal to 4096"),
+    "absurd seed count": ({"train": {**TINY_SPEC["train"], "seeds": 10**9}}, "seeds:",
+                          "more than the 10000 a spec may sweep"),
+    "a size name that escapes": ({"model": {**TINY_SPEC["model"], "sizes": {"../../x": {"hidden": 8, "ff": 16}}}},
+                                 "sizes:", "model.sizes: Value error, size name '../../x' cannot name a folder"),
+    "a spec named ..": ({"name": ".."}, "name:", "name: Value error, name '..' cannot name a folder"),
+    "an experiment name MLflow rejects": ({"tracking": {"experiment": ""}}, "experiment:",
+                                          "tracking.experiment: String should have at least 1 character"),
+    "a kind given as a mapping": ({"model": {**TINY_SPEC["model"], "kind": {"name": "llama"}}}, "kind:",
+                                  "model.kind: must be a name (text), not a mapping"),
+    "a device that does not exist anywhere": ({"train": {**TINY_SPEC["train"], "device": "tpu"}}, "device:",
+                                              "train.device: Value error, device 'tpu' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(CANNOT_WORK))
+def test_what_cannot_work_is_refused_at_its_line(tmp_path, validate, case):
+    changes, key_line, expected = CANNOT_WORK[case]
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text(**changes))
+    error = refused(validate, path)
+    matching = [line for line in error.splitlines() if expected.replace("Value error, ", "") in line]
+    assert matching, error
+    assert matching[0].startswith(f"{path}:{line_of(path, key_line)}: "), (matching[0], key_line)
+
+
+def test_a_capitalised_or_dotted_key_gets_a_suggestion_not_a_traceback(tmp_path, validate):
+    path = tmp_path / "keys.yaml"
+    path.write_text(spec_text().replace("measure:", "Measure:") + "train.LR: 0.1\n")
+    error = refused(validate, path)
+    assert f"{path}:{line_of(path, 'Measure:')}: Measure: unknown key (did you mean 'measure'?)" in error
+    assert "train.LR: unknown key: dotted keys are not expanded in a spec file; write train: {LR: ...}" in error
+    path.write_text(spec_text().replace("  lr: 0.003", "  LR: 0.003"))
+    assert "train.LR: unknown key (did you mean 'lr'?)" in refused(validate, path)
+
+
+def test_cuda_on_a_machine_without_a_gpu_is_refused_here_and_allowed_elsewhere(tmp_path, validate, monkeypatch):
+    import specreach.machine as machine
+
+    monkeypatch.setattr(machine, "gpu_count", lambda: 0)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(spec_text(train={**TINY_SPEC["train"], "device": "cuda"}))
+    error = refused(validate, path)
+    assert error.startswith(f"{path}:{line_of(path, 'device:')}: train.device: this machine has no CUDA GPU")
+    assert "train.device=auto" in error
+    assert validate(path, "--anywhere").returncode == 0
+    assert validate(path, "execution.kind=ray").returncode == 0  # the runs execute on a cluster
+    monkeypatch.setattr(machine, "gpu_count", lambda: 2)
+    assert "this machine has 2 CUDA GPUs (cuda:0 … cuda:1)" in refused(validate, path, "train.device=cuda:2")
+
+
+def test_a_size_too_big_for_this_machine_is_warned_with_its_estimate(tmp_path, validate, monkeypatch):
+    import specreach.engine.sizes as sizes
+
+    monkeypatch.setattr(sizes, "memory_bytes", lambda: 16 * 10**9)
+    path = write_spec(tmp_path)
+    done = validate(path, "model.sizes.m.hidden=65536", "model.sizes.m.ff=131072")
+    assert done.returncode == 0
+    count = 256 * 65536 * 2 + 65536 + (4 * 65536 * 65536 + 3 * 65536 * 131072 + 2 * 65536)  # one layer
+    assert f"warning: model size 'm' has about {count:,} parameters: training needs at least " \
+           f"{count * 16 / 1e9:.3g} GB (weights, gradients and AdamW state in float32); this machine has 16 GB" \
+        in done.stderr
+    assert "model size 's'" not in done.stderr
+
+
+def test_the_size_estimate_is_the_built_models_parameter_count():
+    import torch
+
+    from specreach.engine.sizes import parameter_estimate
+    from specreach.models.parameterization import ModelRecipe, build_model
+
+    cases = [("llama", {"vocab": 256, "layers": 2, "hidden": 24, "ff": 40, "heads": 5, "context": 16}),
+             ("vit", {"image_size": 16, "channels": 3, "patch": 4, "hidden": 24, "mlp": 50, "heads": 4, "layers": 2,
+                      "classes": 7}),
+             ("random-features", {"inputs": 12, "features": 30})]
+    for kind, params in cases:
+        with torch.device("meta"):
+            model = build_model(ModelRecipe(kind=kind, params=params))
+        assert parameter_estimate(kind, params) == sum(p.numel() for p in model.parameters()), kind
+
+
+# --- overrides -----------------------------------------------------------------------------------------
+
+def test_override_errors_are_blamed_on_the_override(tmp_path, validate):
+    path = write_spec(tmp_path)
+    assert refused(validate, path, "train.lr=fast") == (
+        "override 'train.lr=fast': train.lr: Input should be a valid number, unable to parse string as a number")
+    assert refused(validate, path, "train.seeds.5=1") == (
+        "override 'train.seeds.5=1': train.seeds.5: train.seeds has 1 value; index 5 is out of range: set the "
+        "whole list, e.g. train.seeds=[...]")
+    assert refused(validate, path, "train.LR=1") == (
+        "override 'train.LR=1': train.LR: no key 'LR' in train (did you mean 'lr'?)")
+    assert refused(validate, path, "train.lr=[1,") .startswith("override 'train.lr=[1,': train.lr: cannot parse it")
+    assert refused(validate, path, "+train.lr=1") == (
+        "override '+train.lr=1': train.lr: the spec already sets it; write train.lr=VALUE to change it")
+
+
+def test_hydra_grammar_sweeps_adds_deletes_and_quotes(tmp_path):
+    path = write_spec(tmp_path)
+    spec = load_spec(path, ["train.lr=1e-4,1e-3", "train.seeds=range(0,3)", "+train.grad_clip=1.0",
+                            "~measure.probes", "tracking.run_name='a b, c'"])
+    assert spec.sweep == {"train.lr": [1e-4, 1e-3]} and spec.train.seeds == [0, 1, 2]
+    assert spec.train.grad_clip == 1.0 and spec.measure.probes is None and spec.tracking.run_name == "a b, c"
+    from specreach.engine.runs import TrackingTarget, expand
+
+    names = [run.name for run in expand(spec, tmp_path, TrackingTarget.off())]
+    assert names[:2] == ["lr=0.0001-s-seed0", "lr=0.0001-m-seed0"] and len(names) == 12
+    swept = load_spec(path, ["sweep.train.lr=[1e-4,1e-3]", "sweep.train.weight_decay=[0.0,0.1]"])
+    assert swept.sweep == {"train.lr": [1e-4, 1e-3], "train.weight_decay": [0.0, 0.1]}
+    with pytest.raises(SpecError, match="a sweep axis takes a list of values"):
+        load_spec(path, ["sweep.train.lr=1e-3"])
+
+
+def test_one_model_form_overrides_the_other(tmp_path):
+    path = write_spec(tmp_path)
+    spec = load_spec(path, ["model.presets=[llama-simplestories-1.2m]"])
+    assert spec.model.presets == ["llama-simplestories-1.2m"] and spec.model.kind is None
+    presets = write_spec(tmp_path, {**TINY_SPEC, "model": {"presets": ["llama-simplestories-1.2m"]}}, name="p.yaml")
+    back = load_spec(presets, ["model.kind=llama", "model.params={vocab: 256, layers: 1, heads: 2, context: 16, "
+                                                   "hidden: 8, ff: 16}"])
+    assert back.model.kind == "llama" and back.model.presets is None
+
+
+def test_flags_and_overrides_in_any_order(tmp_path):
+    from engine_helpers import cli
+
+    done = cli("run", write_spec(tmp_path), "--dry-run", "train.steps=40", "--output", tmp_path / "out",
+               "train.seeds=[0,1]")
+    assert done.returncode == 0, done.stderr
+    assert "4 runs:" in done.stdout and "steps: 40" in done.stdout
+    unknown = cli("run", write_spec(tmp_path), "--dry-runn")
+    assert unknown.returncode == 2 and "unrecognized arguments: --dry-runn" in unknown.stderr
+
+
+def test_check_spec_warns_nothing_for_the_tiny_spec(tmp_path):
+    spec, warnings = check_spec(write_spec(tmp_path))
+    assert spec.name == "tiny" and warnings == []
