@@ -232,18 +232,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 blocks.append(f"{registered.name}  ({kind}, from {registered.source}): {error}")
         print("\n\n".join(blocks))
         return 0
-    for kind in KINDS.values():
-        print(f"{kind.title}:")
-        for name, registered in manager.registry(kind.name).items():
+    for info in KINDS.values():
+        print(f"{info.title}:")
+        for name, registered in manager.registry(info.name).items():
             try:
                 summary = registered.summary
             except PluginLoadError as error:
                 summary = f"FAILED TO IMPORT: {error}"
             print(f"  {name:<16} from {registered.source}{'  — ' + summary if summary else ''}")
-        for name, sources in manager.conflicts(kind.name).items():
+        for name, sources in manager.conflicts(info.name).items():
             print(f"  {name:<16} UNUSABLE: registered twice, by {' and by '.join(sources)}")
         for (refused_kind, name), why in manager.refused.items():
-            if refused_kind == kind.name:
+            if refused_kind == info.name:
                 print(f"  {name:<16} REFUSED: {why}")
     for source, message in manager.failed.items():
         print(f"failed to load: {source}: {message}")

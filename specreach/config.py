@@ -177,7 +177,7 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
             problem(path, f"expected a mapping of parameters, got {_kind_of(params)}")
             return
 
-        def problem(key_path: KeyPath, message: str) -> None:
+        def param_problem(key_path: KeyPath, message: str) -> None:
             if shared_path is not None and key_path[len(path):len(path) + 1] and \
                     key_path[len(path)] not in (own or {}):
                 key_path = shared_path + key_path[len(path):]
@@ -189,16 +189,16 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
             for item in error.errors():
                 loc = tuple(item["loc"])
                 if item["type"] == "extra_forbidden":
-                    problem(path + loc, f"unknown parameter{did_you_mean(loc[-1], params_class.model_fields)}")
+                    param_problem(path + loc, f"unknown parameter{did_you_mean(loc[-1], params_class.model_fields)}")
                 else:
-                    problem(path + loc, item["msg"].removeprefix("Value error, "))
+                    param_problem(path + loc, item["msg"].removeprefix("Value error, "))
             return
         except (TypeError, ValueError) as error:  # a parameter model's own validator that raised oddly
-            problem(path, f"{type(error).__name__}: {error}")
+            param_problem(path, f"{type(error).__name__}: {error}")
             return
         for key, value in params.items():  # Pydantic takes true for 1: a number must be written as one
             if isinstance(value, bool) and _is_number(getattr(validated, str(key), None)):
-                problem((*path, key), f"expected a number, got {str(value).lower()}")
+                param_problem((*path, key), f"expected a number, got {str(value).lower()}")
 
     def kind_of(section: dict, key: str, default: str | None = None) -> str | None:
         kind = section.get(key, default)

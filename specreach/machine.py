@@ -38,7 +38,7 @@ def device_problem(device: str) -> str | None:
     if kind == "cuda":
         count = gpu_count()
         if count == 0:
-            return (f"this machine has no CUDA GPU; run it where there is one, or set train.device=auto "
+            return ("this machine has no CUDA GPU; run it where there is one, or set train.device=auto "
                     "(a GPU where there is one, else the CPU)")
         if count is not None and index >= count:
             return f"this machine has {count} CUDA GPU{'s' * (count != 1)} (cuda:0 … cuda:{count - 1})"

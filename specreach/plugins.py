@@ -39,11 +39,14 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 from specreach.suggest import closest
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 PROJECT = "specreach"
 ENTRY_POINT_GROUP = "specreach"
@@ -212,7 +215,7 @@ class Registered:
         return self._params is not None or self.loaded
 
     @cached_property
-    def params(self) -> type:
+    def params(self) -> type[BaseModel]:
         """The component's Pydantic parameter model."""
         if isinstance(self._params, str):
             return import_target(self._params)

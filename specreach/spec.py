@@ -96,7 +96,7 @@ class ModelSection(Strict):
             if self.params or self.sizes:
                 raise ValueError("'params' and 'sizes' go with 'kind', not with 'presets'")
             return self
-        for size, overrides in (self.sizes or {"default": {}}).items():
+        for overrides in (self.sizes or {"default": {}}).values():
             validate_component_params("model", self.kind, {**self.params, **overrides})
         return self
 

@@ -24,19 +24,19 @@ COMPONENT_PARAMS = {("data", "params"): ("kind", "dataset"), ("model", "params")
 def typed_value(spec: Spec, key: str, value: Any) -> Any:
     """``value`` of the dotted ``key`` as ``spec`` (the validated spec with it applied) means it."""
     parts = key.split(".")
-    component = COMPONENT_PARAMS.get(tuple(parts[:2]))
-    if component is not None and len(parts) == 3:
+    component = COMPONENT_PARAMS.get((parts[0], parts[1])) if len(parts) == 3 else None
+    if component is not None:
         name_key, kind = component
         section = getattr(spec, parts[0])
         name = getattr(section, name_key)
         if name is None:  # model presets: no parameter model to read it with
             return value
         field = lookup(kind, name).params.model_fields.get(parts[2])
-        if field is None:
+        if field is None or field.annotation is None:
             return value
+        adapter: TypeAdapter[Any] = TypeAdapter(field.annotation)
         try:
-            return TypeAdapter(field.annotation).dump_python(
-                TypeAdapter(field.annotation).validate_python(value), mode="json")
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError:
             return value
     node: Any = spec.model_dump(mode="json")

@@ -55,6 +55,8 @@ BROKEN = {
                        "model.presets.0: unknown preset 'llama-simplestories-1.3m' (did you mean"),
     "unknown model parameter": ("model:\n  kind: llama\n  params: {vocab: 256, layers: 1, heads: 2, context: 16, hiden: 8, ff: 16}",
                                 "model.params.hiden: unknown parameter (did you mean 'hidden'?)"),
+    "parameters that are not a mapping": ("data:\n  kind: digits\n  params: 5",
+                                          "data.params: expected a mapping of parameters"),
     "unknown estimator": ("measure:\n  estimator: hutchinsn", "measure.estimator: unknown estimator 'hutchinsn' (did you mean 'hutchinson'?)"),
     "probes for exact": ("measure:\n  estimator: exact\n  probes: 4", "measure: Value error, estimator 'exact' draws no probes"),
     "lr for an unknown size": ("train:\n  lr_per_size: {xl: 0.1}", "train.lr_per_size: names sizes that the model does not sweep"),
@@ -82,7 +84,7 @@ def test_broken_specs_fail_with_file_line_and_suggestion(tmp_path, validate, cas
     done = validate(path, cwd=tmp_path)
     assert done.returncode == 1, done.stdout
     lines = done.stderr.strip().splitlines()
-    matching = [l for l in lines if expected.replace("Value error, ", "") in l.replace("Value error, ", "")]
+    matching = [line for line in lines if expected.replace("Value error, ", "") in line.replace("Value error, ", "")]
     assert matching, lines
     file_line, message = matching[0].split(": ", 1)
     assert file_line.startswith(str(path) + ":")

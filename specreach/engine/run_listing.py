@@ -87,7 +87,7 @@ class RecordedRun:
         return float(recorded)
 
     def metadata(self) -> dict[str, Any]:
-        found = {"spec": self.spec, "run": self.name, "status": self.status}
+        found: dict[str, Any] = {"spec": self.spec, "run": self.name, "status": self.status}
         for key in METADATA[3:]:
             found[key] = self.description.get(key)
         return found
@@ -119,8 +119,8 @@ def _is_run_folder(path: Path) -> bool:
 def find_run_folders(paths: Iterable[str | Path]) -> list[RunFolder]:
     """The run folders under each path (a run's folder, a spec's output folder, or any folder above)."""
     found: dict[Path, RunFolder] = {}
-    paths = [Path(p) for p in paths]
-    for path in paths:
+    folders = [Path(p) for p in paths]
+    for path in folders:
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder; give a spec's output folder (printed at the end of "
                                     "`specreach run`), one of its runs, or a folder holding several")
@@ -134,7 +134,7 @@ def find_run_folders(paths: Iterable[str | Path]) -> list[RunFolder]:
                 found.setdefault(Path(directory).resolve(), RunFolder(directory))
                 subdirectories.clear()  # a run folder holds no runs
     if not found:
-        raise FileNotFoundError(f"no runs under {', '.join(map(str, paths))}: a run's folder holds status.json "
+        raise FileNotFoundError(f"no runs under {', '.join(map(str, folders))}: a run's folder holds status.json "
                                 "or run.json")
     return list(found.values())
 

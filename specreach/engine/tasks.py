@@ -27,7 +27,11 @@ def loss_for(info: DataInfo):
 
 def output_size(info: DataInfo) -> int:
     """What a new linear head must emit for this task."""
-    return {"next-token": info.vocab, "classification": info.classes, "regression": 1}[info.task]
+    size = {"next-token": info.vocab, "classification": info.classes, "regression": 1}[info.task]
+    if size is None:
+        raise ValueError(f"a {info.task} data source must give its {'vocab' if info.task == 'next-token' else 'classes'}"
+                         " in info()")
+    return size
 
 
 def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, sample: Tensor,
@@ -38,7 +42,7 @@ def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, 
 
     builder = builder_for(model_name)
     outputs_declared = builder.output_size(builder.Params(**model_params))
-    if info.task == "next-token" and outputs_declared < info.vocab:
+    if info.task == "next-token" and outputs_declared < output_size(info):
         raise ValueError(f"model '{model_name}' has a vocabulary of {outputs_declared} but data '{data_name}' has "
                          f"{info.vocab} tokens; set model params vocab: {info.vocab} (or leave vocab out)")
     if info.task != "next-token" and outputs_declared != output_size(info):

@@ -52,6 +52,7 @@ def build_network(run: RunSpec, outputs: int, recipe: ModelRecipe | None = None)
     if run.phase == "train":
         return build_model(recipe)
     if run.phase == "probe-trained":
+        assert run.backbone_checkpoint is not None  # expand() sets it for every probe of a trained backbone
         backbone, _ = load_model(run.backbone_checkpoint)
     else:  # a fresh random backbone, from the same recipe and seed as the trained one
         backbone = build_model(recipe)

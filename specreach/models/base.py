@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Generic, TypeVar, cast
 
 import torch
 from pydantic import BaseModel
@@ -32,14 +32,17 @@ from torch import Tensor, nn
 from specreach.data.base import DataInfo
 
 
-class ModelBuilder(ABC):
+P = TypeVar("P", bound=BaseModel)
+
+
+class ModelBuilder(ABC, Generic[P]):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     #: Which parameter is the model's width (muP's base width refers to it); None: no width.
     width_field: ClassVar[str | None] = None
 
     @abstractmethod
-    def build(self, params: BaseModel, *, mup_base: BaseModel | None = None) -> nn.Module:
+    def build(self, params: P, *, mup_base: P | None = None) -> nn.Module:
         """The model with its standard initialization. With ``mup_base`` (the same architecture at
         muP's base width) the muP variant: the output layer a ``MuReadout`` that starts as the
         standard head (:func:`mup_readout_from`), attention logits scaled by
@@ -50,23 +53,23 @@ class ModelBuilder(ABC):
         standard deviation (Llama's and timm's 0.02)."""
 
     @abstractmethod
-    def output_size(self, params: BaseModel) -> int:
+    def output_size(self, params: P) -> int:
         """Outputs per position: the last dimension of ``build(params)(inputs)``."""
 
     @abstractmethod
-    def example_batch(self, params: BaseModel, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def example_batch(self, params: P, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``(inputs, targets)``: a random batch of the shapes and dtypes the model takes, drawn from
         ``generator`` only, with targets as the data sources of its task give them."""
 
-    def fit_to_data(self, params: BaseModel, info: DataInfo) -> BaseModel:
+    def fit_to_data(self, params: P, info: DataInfo) -> P:
         """``params`` with what the data decides filled in where the spec left it out (default: as given)."""
         return params
 
-    def at_width(self, params: BaseModel, width: int) -> BaseModel:
+    def at_width(self, params: P, width: int) -> P:
         """The same architecture at another width, every width dimension scaled along."""
         raise ValueError(f"model '{self.name}' has no width to scale (muP needs one)")
 
-    def representation_size(self, params: BaseModel) -> int:
+    def representation_size(self, params: P) -> int:
         """Size of the last dimension of the model's ``representation(inputs)``."""
         raise ValueError(f"model '{self.name}' has no final-layer representation to probe")
 
@@ -88,7 +91,7 @@ def representation_of(model: nn.Module) -> Callable[[Tensor], Tensor]:
     if not inspect.isfunction(getattr(type(model), "representation", None)):
         raise TypeError(f"{type(model).__name__} defines no representation(inputs) method giving its final-layer "
                         "representation, so a linear probe cannot be trained on it")
-    return model.representation
+    return cast(Callable[[Tensor], Tensor], model.representation)
 
 
 def mup_readout_from(head: nn.Linear):

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from specreach.data.base import DataInfo
 from specreach.models.base import ModelBuilder, mup_readout_from, scaled_dimension
-from specreach.models.llama import Llama, LlamaConfig
+from specreach.models.llama import Block, Llama, LlamaConfig
 from specreach.models.random_features import RandomFeatureModel
 from specreach.models.vit import build_vit
 from specreach.params.models import LlamaParams, RandomFeaturesParams, ViTParams
 
 
-class LlamaBuilder(ModelBuilder):
+class LlamaBuilder(ModelBuilder[LlamaParams]):
     name = "llama"
     Params = LlamaParams
     width_field = "hidden"
@@ -29,10 +30,10 @@ class LlamaBuilder(ModelBuilder):
         model = Llama(config)
         if mup_base is None:
             return model
-        model.output = mup_readout_from(model.output)
+        model.output = mup_readout_from(cast(nn.Linear, model.output))
         base_head_dim = mup_base.hidden // mup_base.heads
         for block in model.layers:
-            block.attention.scale = math.sqrt(base_head_dim) / config.head_dim
+            cast(Block, block).attention.scale = math.sqrt(base_head_dim) / config.head_dim
         return model
 
     def at_width(self, params: LlamaParams, width: int) -> LlamaParams:
@@ -60,7 +61,7 @@ class LlamaBuilder(ModelBuilder):
         return tokens[:, :-1], tokens[:, 1:]
 
 
-class ViTBuilder(ModelBuilder):
+class ViTBuilder(ModelBuilder[ViTParams]):
     name = "vit"
     Params = ViTParams
     width_field = "hidden"
@@ -89,7 +90,7 @@ class ViTBuilder(ModelBuilder):
         return images, torch.randint(0, params.classes, (batch_size,), generator=generator)
 
 
-class RandomFeaturesBuilder(ModelBuilder):
+class RandomFeaturesBuilder(ModelBuilder[RandomFeaturesParams]):
     name = "random-features"
     Params = RandomFeaturesParams
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Any
 
 
 class MupReadoutRules:
@@ -21,8 +22,11 @@ class MupReadoutRules:
 
         from specreach.lnp.layer_rules import register_call_context, register_linear
 
+        def readout_input_scale(layer: Any) -> float:  # a MuReadout: linear(output_mult · x / width_mult())
+            return layer.output_mult / layer.width_mult()
+
         for kind in (mup.MuReadout, mup.MuSharedReadout):
-            register_linear(kind, lambda layer: layer.output_mult / layer.width_mult())
+            register_linear(kind, readout_input_scale)
         register_call_context(fixed_width_mults)
 
 

@@ -97,6 +97,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
+    rope_cos: Tensor  # rotary tables (buffers, not saved)
+    rope_sin: Tensor
+
     def __init__(self, config: LlamaConfig, output: nn.Module | None = None):
         super().__init__()
         self.config = config

@@ -39,6 +39,7 @@ def build_model(recipe: ModelRecipe) -> nn.Module:
         if not is_mup:
             return builder.build(params)
         base_width = recipe.parameterization.base_width
+        assert base_width is not None  # Parameterization requires it for muP
         model = builder.build(params, mup_base=builder.at_width(params, base_width))
         apply_mup(model, builder, params, base_width)
     return model
@@ -66,9 +67,10 @@ def rescale_hidden_weights(model: nn.Module) -> None:
     readout_params = {id(p) for m in model.modules() if isinstance(m, mup.MuReadout) for p in m.parameters()}
     with torch.no_grad():
         for param in model.parameters():
-            if id(param) in readout_params or param.infshape.ninf() != 2:
+            infshape = param.infshape  # type: ignore[attr-defined]  # set by mup.set_base_shapes
+            if id(param) in readout_params or infshape.ninf() != 2:
                 continue
-            param.mul_(param.infshape.width_mult() ** -0.5)
+            param.mul_(infshape.width_mult() ** -0.5)
 
 
 def optimizer_for(model: nn.Module, parameterization: Parameterization, **adamw: Any) -> torch.optim.Optimizer:

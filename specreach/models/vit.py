@@ -9,9 +9,11 @@ attention turns fusion off and sets the scale, which timm's explicit path applie
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import timm.models.vision_transformer as timm_vit
-from torch import Tensor
+from timm.models.vision_transformer import Attention, Block
+from torch import Tensor, nn
 
 from specreach.models.base import mup_readout_from
 
@@ -32,7 +34,8 @@ def build_vit(image_size: int, channels: int, patch: int, hidden: int, mlp: int,
     )
     if mup_base_head_dim is not None:
         for block in model.blocks:
-            block.attn.fused_attn = False
-            block.attn.scale = math.sqrt(mup_base_head_dim) / block.attn.head_dim
-        model.head = mup_readout_from(model.head)
+            attention = cast(Attention, cast(Block, block).attn)
+            attention.fused_attn = False  # type: ignore[misc]  # timm declares it Final; off, attn.scale applies
+            attention.scale = math.sqrt(mup_base_head_dim) / attention.head_dim
+        model.head = mup_readout_from(cast(nn.Linear, model.head))  # a Linear: num_classes > 0
     return model
