@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("spec")
     check.add_argument("overrides", nargs="*")
     check.add_argument("--paths", action="store_true", help="also print how each parameter's norms are computed")
-    check.set_defaults(run=cmd_check_model)
+    check.set_defaults(run=cmd_check_model, overrides_anywhere=True)
 
     schema = commands.add_parser("schema", help="print the JSON schema of a spec, with every installed component's "
                                  "parameters")

@@ -426,3 +426,21 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
     finally:
         if ui.poll() is None:
             ui.kill()
+
+
+def test_a_run_killed_after_its_last_checkpoint_records_nothing_twice(tmp_path):
+    """Killed between the final checkpoint and its FINISHED status: the rerun finds the end in the checkpoint."""
+    from specreach import Engine, load_spec
+
+    spec = load_spec(write_spec(tmp_path, ONE_SIZE), [f"output={tmp_path / 'out'}", "train.keep_checkpoints=last"])
+    (first,) = Engine(spec).run()
+    folder = first.output_dir
+    (tmp_path / "before.csv").write_bytes((folder / "metrics.csv").read_bytes())
+    status = status_of(folder)
+    (folder / "status.json").write_text(json.dumps({**status, "status": "RUNNING"}))  # as a SIGKILL leaves it
+    (again,) = Engine(spec).run()
+    assert again.status == "FINISHED" and again.final == first.final
+    assert_same_tables(folder / "metrics.csv", tmp_path / "before.csv")
+    uri = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'mlflow.db'}"
+    each_step_once(uri, first.run_id, "loss", 12)
+    assert [step for step, _ in metric_history(uri, first.run_id, "eval_loss")] == [12]

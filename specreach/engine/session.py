@@ -116,6 +116,7 @@ class RunSession:
         self.run_id: str | None = None
         self.step = 0
         self.before_step: dict[str, Any] | None = None  # state at the start of a measured step
+        self.final: dict[str, float] | None = None  # the final evaluation, when resumed after the end
         self.last_checkpoint = time.monotonic()
 
     def run(self) -> RunResult:
@@ -133,20 +134,24 @@ class RunSession:
         except (OtherExperiment, DamagedFile) as error:  # what the folder holds is left untouched
             return RunResult(self.spec.name, "FAILED", None, self.folder.path, str(error))
         try:
+            return self._attempt(resume)
+        except KeyboardInterrupt:  # a second Ctrl-C, wherever it landed: the last checkpoint stays as it was
+            self.finish("KILLED", f"stopped at once during step {self.step}; `specreach run --resume` continues "
+                                  "from the last checkpoint", flush=False)
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+
+    def _attempt(self, resume: dict[str, Any] | None) -> RunResult:
+        try:
             self.setup(resume)
             final = self.train()
         except Interrupted:
             self.checkpoint(self.step, self.before_step)
             return self.finish("KILLED", f"interrupted at step {self.step}; resume with `specreach run --resume`")
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint stays as it was
-            self.finish("KILLED", f"stopped at once during step {self.step}; `specreach run --resume` continues "
-                                  "from the last checkpoint", flush=False)
-            raise
         except Exception as error:  # whatever it is, it ends this run only
             return self.finish("FAILED", self._failure_message(error))
-        finally:
-            if self.progress is not None:
-                self.progress.close()
         self.folder.prune_checkpoints(self.spec.train.keep_checkpoints)
         return self.finish("FINISHED", "", final)
 
@@ -269,6 +274,7 @@ class RunSession:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.sink.load_state_dict(state["sinks"])
         self.step = state["step"]
+        self.final = state.get("final")
 
     # --- train -------------------------------------------------------------------------------
 
@@ -315,12 +321,14 @@ class RunSession:
                 self.checkpoint(step + 1)
             self.progress.update(step, loss_value, monitor.last_result.spectral_position
                                  if monitor.last_result else None)
+        if self.final is not None:  # the checkpoint was written after the end: nothing is recorded twice
+            return self.final
         self.step = self.steps
         final = {"eval_loss": self._evaluate()}
         monitor.record(self.steps, final)
-        self.checkpoint(self.steps)
         if run.phase == "train":  # probes of a trained backbone load this
             save_checkpoint(self.folder.final_model, model, self.recipe)
+        self.checkpoint(self.steps, final=final)
         return final
 
     def _evaluate(self) -> float:
@@ -342,7 +350,8 @@ class RunSession:
 
     # --- checkpoint --------------------------------------------------------------------------
 
-    def checkpoint(self, step: int, before_step: dict[str, Any] | None = None) -> None:
+    def checkpoint(self, step: int, before_step: dict[str, Any] | None = None,
+                   final: dict[str, float] | None = None) -> None:
         """Everything needed to go on from ``step``; sinks are flushed first, so what they hold is
         exactly what the checkpoint says was recorded. ``before_step``: the RNG states and buffers
         from the start of ``step`` (a measurement was abandoned half-way)."""
@@ -351,7 +360,8 @@ class RunSession:
                  "scheduler": self.scheduler.state_dict(), "monitor": self.monitor.state_dict(),
                  "rng": torch.get_rng_state(), "step": step, "run_id": self.run_id, "sinks": self.sink.state_dict(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                 "fingerprint": self.fingerprint, "code": self.code, **(before_step or {})}
+                 "fingerprint": self.fingerprint, "code": self.code, **(before_step or {}),
+                 **({"final": final} if final is not None else {})}
         path = self.folder.checkpoint
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
