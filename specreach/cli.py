@@ -421,6 +421,7 @@ def quiet(verbose: bool) -> None:
 
     if verbose:
         os.environ["SPECREACH_VERBOSE"] = "1"
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO"
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented "

@@ -142,10 +142,17 @@ def test_a_second_process_on_the_same_output_is_refused_naming_the_holder(tmp_pa
     assert first.returncode == 130 and status_of(folder)["status"] == "KILLED"
 
 
-def test_damaged_run_files_get_clear_errors_naming_them(tmp_path):
+def test_damaged_run_files_get_clear_errors_naming_them(tmp_path, capsys):
+    from specreach.cli import main
+
+    def run():  # `specreach run` in this process (the imports are paid once)
+        capsys.readouterr()
+        code = main(["run", str(spec_path), "--output", str(out)])
+        return code, capsys.readouterr().err
+
     spec_path = write_spec(tmp_path, ONE_SIZE)
     out = tmp_path / "out"
-    assert cli("run", spec_path, "--output", out).returncode == 0
+    assert run()[0] == 0
     folder = out / "tiny" / "runs" / "s-seed0"
     status = (folder / "status.json").read_text()
     for path, content, expected in (
@@ -154,14 +161,14 @@ def test_damaged_run_files_get_clear_errors_naming_them(tmp_path):
             (out / "tiny" / "engine.json", "{", "is not valid JSON")):
         original = path.read_text()
         path.write_text(content)
-        done = cli("run", spec_path, "--output", out)
-        assert done.returncode == 2 and f"{path}: {expected}" in done.stderr, done.stderr[-2000:]
-        no_traceback(done.stderr)
+        code, stderr = run()
+        assert code == 2 and f"{path}: {expected}" in stderr, stderr[-2000:]
+        no_traceback(stderr)
         path.write_text(original)
     (folder / "status.json").unlink()
     (folder / "checkpoint.pt").write_bytes(b"")  # a run killed while writing a checkpoint, on a filesystem
-    done = cli("run", spec_path, "--output", out)  # without atomic renames
-    assert done.returncode == 2 and f"{folder / 'checkpoint.pt'}: cannot be loaded as a checkpoint" in done.stderr
+    code, stderr = run()  # without atomic renames
+    assert code == 2 and f"{folder / 'checkpoint.pt'}: cannot be loaded as a checkpoint" in stderr
 
 
 # --- failures stay inside their run ----------------------------------------------------------------

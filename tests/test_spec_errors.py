@@ -247,3 +247,14 @@ def test_flags_and_overrides_in_any_order(tmp_path):
 def test_check_spec_warns_nothing_for_the_tiny_spec(tmp_path):
     spec, warnings = check_spec(write_spec(tmp_path))
     assert spec.name == "tiny" and warnings == []
+
+
+def test_verbose_shows_what_quiet_hides(tmp_path):
+    from engine_helpers import cli
+
+    spec = write_spec(tmp_path, {**TINY_SPEC, "model": {**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}},
+                                 "train": {**TINY_SPEC["train"], "steps": 3}, "measure": {**TINY_SPEC["measure"],
+                                                                                           "schedule": [0]}})
+    loud = cli("run", spec, "--output", tmp_path / "out", "-v")
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "INFO mlflow.store.db.utils: Creating initial MLflow database tables" in loud.stderr
