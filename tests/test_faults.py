@@ -7,12 +7,10 @@ resumed run must equal an uninterrupted one row for row, in its table and in MLf
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
