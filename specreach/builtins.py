@@ -3,7 +3,7 @@
 Nothing here imports a component: each is imported the first time a run (or a listing of its
 parameters) needs it. The parameter models of models and data sources live in
 :mod:`specreach.params`, so a spec is validated without importing torch; estimators declare
-``uses_probes`` for the same reason, and every component a ``summary`` for ``specreach plugins``.
+``uses_probes`` (and theirs, in :mod:`specreach.params.estimators`) for the same reason, and every component a ``summary`` for ``specreach plugins``.
 """
 
 from specreach.plugins import hookimpl
@@ -11,12 +11,14 @@ from specreach.plugins import hookimpl
 
 @hookimpl
 def register_estimators(register):
-    register("specreach.lnp.exact:Exact", name="exact", uses_probes=False,
+    estimators = "specreach.params.estimators"
+    register("specreach.lnp.exact:Exact", name="exact", uses_probes=False, params=f"{estimators}:ExactParams",
              summary="exact per-sample Jacobian norms, one backward per output coordinate (classification, regression)")
     register("specreach.lnp.hutchinson:Hutchinson", name="hutchinson", uses_probes=True,
+             params=f"{estimators}:HutchinsonParams",
              summary="Hutchinson estimate of the Jacobian norms from random probes, with standard errors "
                      "(language models)")
-    register("specreach.lnp.entk:Entk", name="entk", uses_probes=False,
+    register("specreach.lnp.entk:Entk", name="entk", uses_probes=False, params=f"{estimators}:EntkParams",
              summary="the explicit eNTK: its spectrum and the projections c_k (small models only)")
 
 

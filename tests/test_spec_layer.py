@@ -32,10 +32,9 @@ def test_loading_validating_and_expanding_a_spec_imports_no_torch(tmp_path):
 
 
 def test_validate_and_help_import_no_torch(tmp_path):
-    # `specreach schema` is not among them: it includes the built-in estimators' options, whose parameter
-    # models live in their torch-importing modules (specreach.lnp).
     path = write_spec(tmp_path)
-    for argv in (["validate", str(path), "execution.kind=ray"], ["run", "--help"]):
+    for argv in (["validate", str(path), "execution.kind=ray"], ["run", "--help"], ["schema"],
+                 ["plugins", "--params"]):
         code = ("import contextlib, io\nfrom specreach.cli import main\n"
                 "with contextlib.redirect_stdout(io.StringIO()):\n"
                 "    try:\n"

@@ -79,7 +79,7 @@ def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter
     names = {id(p): name for name, p in parameters.items()}
     owners: dict[int, list[nn.Module]] = {}
     for module in record.model.modules():
-        for local, p in module.named_parameters(recurse=False):
+        for _, p in module.named_parameters(recurse=False):
             if id(p) in names:
                 owners.setdefault(id(p), []).append(module)
     uses: dict[int, list[ModuleCall]] = {}
@@ -132,14 +132,14 @@ def _op_rules(uses: list, pid: int, parameter: nn.Parameter, n: int) -> list[OpR
     """A rule for every use of the parameter, or None if one use has none."""
     if not uses or n * parameter.numel() > _OP_RULE_LIMIT:
         return None
-    rules = []
+    rules: list[OpRule] = []
     for use in uses:
         if isinstance(use.output, Tensor) and use.output._version != use.version:
             return None  # its output was modified in place afterwards: its gradient is gone
         rule = classify(use, pid, parameter, n)
         if rule is None:
             return None
-        if rule != "view":
+        if isinstance(rule, OpRule):
             rules.append(rule)
     return rules or None
 

@@ -19,24 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from specreach.params.estimators import EntkParams
 from specreach.lnp.estimator import Estimator
 from specreach.lnp.layer_rules import functional_call_context
 from specreach.lnp.per_sample_norms import group_of
 from specreach.lnp.problem import Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
-
-
-class EntkParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    max_memory_gb: float = Field(4.0, gt=0, description="Refuse problems whose Jacobians and kernel need more memory.")
-    chunk_size: int | None = Field(None, ge=1, description="Output rows per vmapped backward (None: all at once).")
-    positions: list[int] | None = Field(
-        None, description="Keep only these positions (dim 1 of the outputs, e.g. tokens) of every sample.")
-    output_indices: list[int] | None = Field(
-        None, description="Keep only these indices of the outputs' last dim (e.g. vocabulary entries or classes).")
 
 
 @dataclass(frozen=True)
@@ -70,8 +60,7 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
     output_grad = measured.output_grad.reshape(-1)[rows].double()
     with functional_call_context(problem.model):
         jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
-    rows = rows.numel()
-    blocks = [j.reshape(rows, -1).double() for j in jacobians]
+    blocks = [j.reshape(rows.numel(), -1).double() for j in jacobians]
     columns, start = {}, 0
     for name, block in zip(names, blocks):
         columns[name] = slice(start, start + block.shape[1])
@@ -104,10 +93,11 @@ def _index_mask(size: int, indices: list[int], what: str, device) -> Tensor:
 
 
 def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
             return f"{count:.1f} {unit}"
         count /= 1024
+    return f"{count:.1f} GiB"
 
 
 def _as_call(inputs) -> tuple[tuple, dict]:
@@ -141,7 +131,9 @@ class Entk(Estimator):
 
     def kernel_problem(self, problem: MeasurementProblem) -> tuple[Linearization, Linearization]:
         """Check the size, then linearize A and B (the same object twice for a full batch)."""
-        batches = [(problem.batch_a, "A")] + ([] if problem.full_batch else [(problem.batch_b, "B")])
+        batches = [(problem.batch_a, "A")]
+        if problem.batch_b is not None:
+            batches.append((problem.batch_b, "B"))
         measured, rows = [], []
         for batch, which in batches:
             with torch.no_grad():
@@ -178,7 +170,8 @@ class Entk(Estimator):
             units_a=lin_a.units,
             units_b=lin_b.units,
             full_batch=problem.full_batch,
-            arrays={} if eigenvalues is None else {"eigenvalues": eigenvalues, "projections": projections},
+            arrays={} if eigenvalues is None or projections is None else {
+                "eigenvalues": eigenvalues, "projections": projections},
         )
 
 

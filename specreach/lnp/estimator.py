@@ -17,18 +17,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import Tensor
 
+from specreach.params.estimators import NoParams
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.problem import (
     Batch, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
 )
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
-
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Estimator(ABC):
@@ -60,10 +57,12 @@ class PerSampleNormEstimator(Estimator):
     def measure(self, problem: MeasurementProblem) -> LNPResult:
         a = self._measure_batch(problem, problem.batch_a, "A", problem.outputs_a)
         grad_a = a.gradient if a.gradient is not None else problem.grad_a
-        if problem.full_batch:
+        assert grad_a is not None  # the step's gradient is reused only when given
+        if problem.batch_b is None:
             b, grad_dot = a, gradient_dot(grad_a, grad_a)
         else:
             b = self._measure_batch(problem, problem.batch_b, "B", None)
+            assert b.gradient is not None  # never reused on B
             grad_dot = gradient_dot(grad_a, b.gradient)
         return assemble_result(
             estimator=self.name,
@@ -95,14 +94,16 @@ class PerSampleNormEstimator(Estimator):
         with torch.enable_grad():
             outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
             try:
-                gradient = output_grad = loss = None
+                gradient: tuple[Tensor, ...] | None = None
+                output_grad: Tensor | None = None
+                loss_value: float | None = None
                 if step_outputs is None or not same_function(outputs, step_outputs):
                     loss = loss_of(problem.loss_fn, outputs, batch.targets, which)
-                    output_grad, *gradient = torch.autograd.grad(
+                    output_grad, *grads = torch.autograd.grad(
                         loss, [outputs, *params], retain_graph=True, allow_unused=True)
-                    gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, gradient))
-                    loss = float(loss.detach())
-                measured = batch_outputs(problem, batch, outputs, which, output_grad, loss)
+                    gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
+                    loss_value = float(loss.detach())
+                measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
                 tape.output_mask = measured.mask
                 chi_net = self.chi_net(tape, outputs, problem)
                 paths = tape.paths

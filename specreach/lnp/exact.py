@@ -8,21 +8,14 @@ language model (d = context × vocabulary) use ``hutchinson``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from specreach.params.estimators import ExactParams
 from specreach.lnp.estimator import PerSampleNormEstimator
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.probes import ProbeAccumulator
 from specreach.lnp.problem import MeasurementProblem
 from specreach.lnp.result import ChiNet
-
-
-class ExactParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    max_outputs: int = Field(
-        1024, ge=1, description="Refuse models with more output coordinates per sample than this (one backward each)."
-    )
 
 
 class Exact(PerSampleNormEstimator):

@@ -85,9 +85,9 @@ def sample_rows(value: Any, n: int) -> bool:
     if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] <= n or value.shape[0] % n:
         return False
     base = value._base
-    return (base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
-            and value.is_contiguous() and value.numel() == base.numel()
-            and value.storage_offset() == base.storage_offset())
+    return bool(base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
+                and value.is_contiguous() and value.numel() == base.numel()
+                and value.storage_offset() == base.storage_offset())
 
 
 #: Functions that compute each row of their output from the same row of their inputs: the sample
@@ -119,8 +119,13 @@ class OpUse:
     version: int = 0
 
 
+def _getter(name: str) -> Any:
+    """The function a ``TorchFunctionMode`` sees when a tensor property is read."""
+    return getattr(torch.Tensor, name).__get__
+
+
 #: 2-D transposes; a parameter's transpose is tracked so that ``h @ W.T`` is seen as a use of W.
-_TRANSPOSES = (torch.Tensor.T.__get__, torch.Tensor.mT.__get__, torch.Tensor.t, torch.t)
+_TRANSPOSES = (_getter("T"), _getter("mT"), torch.Tensor.t, torch.t)
 _TRANSPOSE_DIMS = (torch.Tensor.transpose, torch.transpose)
 
 
@@ -159,7 +164,7 @@ def is_batched(value: Any, n: int) -> bool:
 
 #: Reading a tensor's metadata (or ``.data``, outside autograd) is not a use: no gradient flows.
 _METADATA = tuple(
-    [getattr(torch.Tensor, name).__get__ for name in (
+    [_getter(name) for name in (
         "device", "dtype", "shape", "requires_grad", "ndim", "is_cuda", "layout", "is_sparse", "is_quantized",
         "is_meta", "data", "grad", "grad_fn", "is_leaf")]
     + [getattr(torch.Tensor, name) for name in (

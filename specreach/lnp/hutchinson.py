@@ -26,11 +26,9 @@ K = 8 has under 1 % relative error on N, and averaging within measurement window
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from specreach.params.estimators import HutchinsonParams
 from specreach.lnp.estimator import PerSampleNormEstimator
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.probes import ProbeAccumulator
@@ -38,22 +36,6 @@ from specreach.lnp.problem import MeasurementProblem
 from specreach.lnp.result import ChiNet
 
 DEFAULT_PROBES = 8
-
-
-class HutchinsonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    readout: Literal["exact", "probed"] = Field(
-        "exact",
-        description="'exact': a linear readout's share of χ_net in closed form, probes in its input space; "
-                    "'probed': plain Hutchinson, probes through the readout too (more variance, as in the paper).",
-    )
-    target_rse: float | None = Field(
-        None, gt=0, lt=1,
-        description="Adaptive K: after the first `probes` probes, keep drawing until χ_net's relative standard "
-                    "error on each batch is at most this (e.g. 0.01), or max_probes is reached; the probes used "
-                    "are reported as probes_a / probes_b.",
-    )
-    max_probes: int = Field(64, ge=2, description="The most probes per batch an adaptive measurement draws.")
 
 
 class Hutchinson(PerSampleNormEstimator):
@@ -64,7 +46,7 @@ class Hutchinson(PerSampleNormEstimator):
 
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
         accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact")
-        for _ in range(problem.probes):
+        for _ in range(problem.probes or DEFAULT_PROBES):
             accumulator.add_rademacher(problem.generator)
         chi_net = accumulator.averaged()
         target = self.params.target_rse

@@ -51,9 +51,11 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
         return None if bool(mask.all()) else mask
     if ignore_index is None or not isinstance(targets, Tensor) or targets.is_floating_point():
         return None
-    explicit = ignore_index != "auto"
-    value = ignore_index if explicit else declared_ignore_index(loss_fn)
-    value = DEFAULT_IGNORE_INDEX if value is None else value
+    if ignore_index == "auto":
+        explicit, declared = False, declared_ignore_index(loss_fn)
+        value = DEFAULT_IGNORE_INDEX if declared is None else declared
+    else:
+        explicit, value = True, ignore_index
     if not _is_prefix(targets.shape, outputs.shape):
         if explicit:
             raise ValueError(
@@ -62,7 +64,7 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
                 "say which outputs to leave out; pass loss_mask_a / loss_mask_b over the outputs' leading dims"
             )
         return None
-    ignored = targets == value
+    ignored = torch.eq(targets, value)
     if not bool(ignored.any()):
         return None
     zero_grad = _position_grads(output_grad, targets.shape).eq(0).all(dim=-1)

@@ -115,7 +115,7 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
         return None  # only broadcasts of derived tensors have a rule
     if func is F.linear:
         inputs = args[0] if args else kwargs.get("input")
-        if not is_batched(inputs, n) or inputs.dim() < 2:
+        if not isinstance(inputs, Tensor) or not is_batched(inputs, n) or inputs.dim() < 2:
             return None
         if position in (("arg", 1), ("kw", "weight")):
             return OpRule("linear", use, parameter, other=inputs, transposed=transposed)

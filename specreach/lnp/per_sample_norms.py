@@ -22,7 +22,7 @@ One forward serves any number of backwards (``retain_graph``): probes differ onl
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +82,7 @@ class PerSampleNormTape:
         self.recorder.copy_outputs = copies
         with self:
             outputs = run()
-        modified = {id(rule.call.module) for rule in self.plan.rule_calls
+        modified = {id(rule.call.module) for rule in self.coverage.rule_calls
                     if rule.call.output._version != rule.call.version}
         if not modified:
             return outputs
@@ -100,9 +100,16 @@ class PerSampleNormTape:
         self._reused.clear()
 
     @property
+    def coverage(self) -> CoveragePlan:
+        """The coverage plan of the recorded forward."""
+        if self.plan is None:
+            raise RuntimeError("no forward has been recorded on this tape (run it inside `with tape:`)")
+        return self.plan
+
+    @property
     def paths(self) -> dict[str, str]:
         """Parameter name -> how its per-sample gradient is computed, for the last recorded forward."""
-        return dict(self.plan.paths) if self.plan is not None else {}
+        return dict(self.coverage.paths) if self.plan is not None else {}
 
     def linear_readout(self, outputs: Tensor) -> LinearReadout | None:
         """The linear layer that produced ``outputs`` itself, if its share can be taken in closed form.
@@ -111,15 +118,15 @@ class PerSampleNormTape:
         another use), one call, and every other planned call finished before the readout started
         (so that all of them lie below the readout's input).
         """
-        for rule in self.plan.rule_calls:
+        for rule in self.coverage.rule_calls:
             call = rule.call
             if rule.vjp or type(call.module) not in linear_types() or call.output is not outputs:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
             if (len(calls_of_module) == 1 and len(rule.parameters) == len(own)
-                    and not any(id(p) in self.plan.summed for p in own)
-                    and all(tick < call.start for tick in self.plan.ticks(leave_out=rule))):
+                    and not any(id(p) in self.coverage.summed for p in own)
+                    and all(tick < call.start for tick in self.coverage.ticks(leave_out=rule))):
                 return LinearReadout(call, self.param_names)
         return None
 
@@ -129,8 +136,8 @@ class PerSampleNormTape:
         ``outputs`` may be any recorded tensor, e.g. a readout's input; ``skip`` leaves that
         readout's own parameters out (their share is computed in closed form).
         """
-        rules = [rule for rule in self.plan.rule_calls if skip is None or rule.call is not skip.call]
-        op_rules = self.plan.op_rules
+        rules = [rule for rule in self.coverage.rule_calls if skip is None or rule.call is not skip.call]
+        op_rules = self.coverage.op_rules
         for output, version, where in [*((r.call.output, r.call.version, f"module '{r.call.name}'") for r in rules),
                                        *((r.use.output, r.use.version, r.name) for r in op_rules)]:
             if output._version != version:
@@ -157,11 +164,11 @@ class PerSampleNormTape:
                         norms[self.param_names[pid]] = value.square()
                     else:
                         summed_grads[pid] = summed_grads[pid] + value if pid in summed_grads else value
-            for rule in op_rules:
-                backprop = backprops[id(rule.use.output)]
+            for op_rule in op_rules:
+                backprop = backprops[id(op_rule.use.output)]
                 if backprop is not None:
-                    pid = id(rule.parameter)
-                    grad = rule.per_sample(backprop, n)
+                    pid = id(op_rule.parameter)
+                    grad = op_rule.per_sample(backprop, n)
                     summed_grads[pid] = summed_grads[pid] + grad if pid in summed_grads else grad
             for pid, grads in summed_grads.items():
                 norms[self.param_names[pid]] = grads.reshape(n, -1).square().sum(dim=1)
@@ -174,7 +181,7 @@ class PerSampleNormTape:
             return
         module, call = rule.call.module, rule.call
         flattened = not is_batched(call.args[0], n)  # rows of the flattened batch (see ModuleCall.flattens_batch)
-        materialize = flattened or any(id(p) in self.plan.summed for p in rule.parameters.values())
+        materialize = flattened or any(id(p) in self.coverage.summed for p in rule.parameters.values())
         kind = type(module)
         if kind in linear_types():
             yield from self._linear(rule, backprop, materialize, n)
@@ -199,7 +206,7 @@ class PerSampleNormTape:
 
     def _linear(self, rule: RuleCall, backprop: Tensor, materialize: bool, n: int):
         """Linear layers over any number of positions T: ghost norm or materialized gradient, by cost."""
-        module = rule.call.module
+        module = cast(nn.Linear, rule.call.module)
         scale = input_scale(module)
         g = backprop.reshape(n, -1, module.out_features)
         positions = g.shape[1]
@@ -228,11 +235,13 @@ class PerSampleNormTape:
 
     def _rms_norm(self, rule: RuleCall, backprop: Tensor, n: int):
         """RMSNorm's weight: per sample Σ_t g_t ⊙ x̂_t, the normalized input computed once per forward."""
-        module = rule.call.module
+        module = cast(nn.RMSNorm, rule.call.module)
+        if module.weight is None:
+            return
         if not module.weight.requires_grad:
             return
         normalized = self._once(rule, "normalized", lambda: torch.nn.functional.rms_norm(
-            rule.call.args[0], module.normalized_shape, eps=module.eps))
+            rule.call.args[0], list(module.normalized_shape), eps=module.eps))
         per_position = (normalized * backprop).reshape(n, -1, *module.weight.shape)
         yield module.weight, per_position.sum(dim=1), False
 

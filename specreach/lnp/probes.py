@@ -84,7 +84,7 @@ class ProbeAccumulator:
             self._start, self._mixing = self.readout.input, self.readout.input_mixing()
             closed_form = self.readout.squared_norms(self.mask)
             for name in closed_form:
-                tape.plan.paths[name] = f"closed form of the linear readout '{self.readout.call.name}'"
+                tape.coverage.paths[name] = f"closed form of the linear readout '{self.readout.call.name}'"
         # The readout's exact share of χ_net, added once to the reduced value.
         self.closed_form = sum((v.sum() for v in closed_form.values()), torch.zeros((), dtype=torch.float64))
         self.closed_form_by_group: dict[str, float] = {}

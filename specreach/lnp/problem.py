@@ -116,7 +116,7 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
     work in place (``nn.ReLU(inplace=True)`` after a norm, as in ResNets) out of place — the same
     values, but the norm's output keeps its own gradient. Each module's own settings restored."""
     modes = [(module, module.training) for module in model.modules()]
-    in_place = [module for module in model.modules() if getattr(module, "inplace", None) is True]
+    in_place: list[Any] = [module for module in model.modules() if getattr(module, "inplace", None) is True]
     model.eval()
     for module in in_place:
         module.inplace = False
@@ -238,7 +238,7 @@ def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, wh
     """g, L, the counted positions and m of a batch, from its outputs (no backward through the
     network); pass ``output_grad`` and ``loss`` when a backward already gave them."""
     check_loss(problem.loss_fn, outputs, batch.targets, which, problem.params)
-    if output_grad is None:
+    if output_grad is None or loss is None:
         output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
     mask = counted_positions(problem.loss_fn, outputs, batch.targets, output_grad, which,
                              problem.ignore_index, batch.loss_mask)

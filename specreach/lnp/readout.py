@@ -14,8 +14,10 @@ Positions whose targets the loss ignores are not part of f (``lnp-math.md`` §8)
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from specreach.lnp.layer_rules import input_scale
 from specreach.lnp.forward_record import ModuleCall
@@ -26,7 +28,7 @@ class LinearReadout:
 
     def __init__(self, call: ModuleCall, param_names: dict[int, str]):
         self.call = call
-        self.module = call.module
+        self.module = cast(nn.Linear, call.module)  # nn.Linear or a registered scaled linear layer
         self.param_names = param_names
         self.input = call.args[0]
         self.scale = input_scale(self.module)

@@ -137,7 +137,7 @@ def assemble_result(
 ) -> LNPResult:
     """Combine the per-batch quantities into D, L, N, P and their normalized forms."""
     extras = dict(extras or {})
-    if chi_net_a.probes is not None:  # the probes each batch used (adaptive K may differ from `probes`)
+    if chi_net_a.probes is not None and chi_net_b.probes is not None:  # probes each batch used (adaptive K)
         extras.setdefault("probes_a", float(chi_net_a.probes))
         extras.setdefault("probes_b", float(chi_net_b.probes))
     loss_magnitude = math.sqrt(chi_loss_a * chi_loss_b)

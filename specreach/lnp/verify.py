@@ -15,9 +15,10 @@ first measurement of every run (the engine's ``measure.verify``) and in ``specre
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +164,7 @@ def _verify(problem: MeasurementProblem, batch: Batch, count: int) -> Verificati
 
 
 def _reference(problem: MeasurementProblem, batch: Batch, count: int, vectors: Tensor,
-               capture: nn.Module | None, skip: set[int] = frozenset()) -> dict[str, float]:
+               capture: nn.Module | None, skip: Collection[int] = frozenset()) -> dict[str, float]:
     """Σ_i ‖∂(v_iᵀ y_i)/∂θ‖² by group, each sample alone; y is the outputs, or ``capture``'s input."""
     names = [name for name, p in problem.params.items() if id(p) not in skip]
     params = [problem.params[name] for name in names]
@@ -172,7 +173,7 @@ def _reference(problem: MeasurementProblem, batch: Batch, count: int, vectors: T
         captured: list[Tensor] = []
         handle = None
         if capture is not None:
-            handle = capture.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+            handle = capture.register_forward_pre_hook(functools.partial(_keep_input, captured))
         try:
             outputs = forward(problem.model, take_samples(batch.inputs, count, slice(i, i + 1)), "A")
         finally:
@@ -186,6 +187,10 @@ def _reference(problem: MeasurementProblem, batch: Batch, count: int, vectors: T
                 group = group_of(name)
                 totals[group] = totals.get(group, 0.0) + float(grad.double().square().sum())
     return totals
+
+
+def _keep_input(captured: list[Tensor], module: nn.Module, args: tuple) -> None:
+    captured.append(args[0])
 
 
 def _compare(fast: Mapping[str, Tensor], reference: Mapping[str, float]) -> dict[str, GroupCheck]:

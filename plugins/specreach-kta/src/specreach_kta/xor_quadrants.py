@@ -24,28 +24,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from specreach.data.base import Batch, DataInfo, DataSource
+from specreach_kta.params import XorQuadrantsParams
 from specreach.data.batching import batches_in_order, shuffled_order
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1
-
-
-class XorQuadrantsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    image_size: int = Field(8, ge=2, description="Image side S in pixels (even: the quadrants split it in halves).")
-    noise: float = Field(0.5, gt=0, description="Standard deviation of the Gaussian pixel noise.")
-    train_size: int = Field(2048, ge=1, description="Images in the finite training set (one epoch).")
-    validation_size: int = Field(512, ge=1, description="Images in the validation pool.")
-    sample_seed: int = Field(0, ge=0, description="Seed of the images (training set and validation pool).")
-
-    @model_validator(mode="after")
-    def _even_side(self):
-        if self.image_size % 2:
-            raise ValueError(f"image_size ({self.image_size}) must be even")
-        return self
 
 
 def stream_generator(sample_seed: int, stream: int) -> torch.Generator:
