@@ -93,6 +93,7 @@ def test_names_that_would_escape_the_output_folder_are_refused(tmp_path):
 
 # --- never stale, never duplicated -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_changed_spec_into_the_same_output_is_refused_and_overwrite_reruns_it(tmp_path):
     spec_path = write_spec(tmp_path, ONE_SIZE)
     out = tmp_path / "out"
@@ -121,6 +122,7 @@ def test_a_changed_spec_into_the_same_output_is_refused_and_overwrite_reruns_it(
     assert len(children) == 1 and children[0]["params"]["train.lr"] == "0.001"
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_output_is_refused_naming_the_holder(tmp_path):
     spec_path = write_spec(tmp_path, {**LONG, "train": {**LONG["train"], "steps": 20000}})  # stopped below
     out = tmp_path / "out"
