@@ -103,6 +103,7 @@ class PerSampleNormEstimator(Estimator):
                         loss, [outputs, *params], retain_graph=True, allow_unused=True)
                     gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
                     loss_value = float(loss.detach())
+                    del loss, grads  # the loss's graph (e.g. a log-softmax over the vocabulary) is not needed
                 measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
                 tape.output_mask = measured.mask
                 chi_net = self.chi_net(tape, outputs, problem)

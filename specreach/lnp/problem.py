@@ -246,9 +246,11 @@ def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, wh
     return BatchOutputs(outputs, output_grad, loss, mask, units)
 
 
-def squared_norm(tensor: Tensor) -> float:
-    """‖t‖², accumulated in float64 (without materializing a float64 copy of the squares)."""
-    return float(torch.linalg.vector_norm(tensor.reshape(-1), dtype=torch.float64)) ** 2
+def squared_norm(tensor: Tensor, chunk: int = 1 << 20) -> float:
+    """‖t‖² accumulated in float64, a million entries at a time (a language model's output gradient
+    has tens of millions: a float64 copy of it all would add to the measurement's peak memory)."""
+    flat = tensor.detach().reshape(-1)
+    return math.fsum(float(flat[start:start + chunk].double().square().sum()) for start in range(0, flat.numel(), chunk))
 
 
 def gradient_dot(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> float:
