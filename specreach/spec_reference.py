@@ -171,7 +171,7 @@ COMPONENT_KINDS = (
 def component_notes(component: type) -> list[str]:
     notes = [f"Class `{component.__module__}.{component.__qualname__}`."]
     if getattr(component, "uses_probes", False):
-        notes.append(f"Draws probes: `measure.probes` (default {component.default_probes}).")
+        notes.append(f"Draws probes: `measure.probes` (default {component.Params.model_fields['probes'].default}).")
     if getattr(component, "width_field", None):
         notes.append(f"muP width: `{component.width_field}`.")
     return notes

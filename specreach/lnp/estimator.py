@@ -31,9 +31,8 @@ from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 class Estimator(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
-    #: Whether the estimator draws random probes (then ``probes`` is its number of probes).
+    #: Whether the estimator draws random probes: then its ``Params`` has a ``probes`` option.
     uses_probes: ClassVar[bool] = False
-    default_probes: ClassVar[int | None] = None
 
     def __init__(self, **options):
         self.params = self.Params(**options)

@@ -35,18 +35,14 @@ from specreach.lnp.probes import ProbeAccumulator
 from specreach.lnp.problem import MeasurementProblem
 from specreach.lnp.result import ChiNet
 
-DEFAULT_PROBES = 8
-
-
 class Hutchinson(PerSampleNormEstimator):
     name = "hutchinson"
     Params = HutchinsonParams
     uses_probes = True
-    default_probes = DEFAULT_PROBES
 
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
         accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact")
-        for _ in range(problem.probes or DEFAULT_PROBES):
+        for _ in range(self.params.probes):
             accumulator.add_rademacher(problem.generator)
         chi_net = accumulator.averaged()
         target = self.params.target_rse

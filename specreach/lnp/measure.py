@@ -103,7 +103,7 @@ def measure_lnp_at_step(
     ``result.step_gradient_reused`` is False.
     """
     install_layer_rules()
-    est = resolve_estimator(estimator, estimator_options)
+    est = resolve_estimator(estimator, estimator_options, probes)
     params = trainable_parameters(model)
     check_measurable(model)
     if grad_a is not None and outputs_a is None:
@@ -116,7 +116,7 @@ def measure_lnp_at_step(
         batch_a=make_batch(batch_a, "a", units_a, loss_mask_a),
         batch_b=None if batch_b is None else make_batch(batch_b, "b", units_b, loss_mask_b),
         generator=generator if generator is not None else _fresh_generator(),
-        probes=resolve_probes(est, probes),
+        probes=getattr(est.params, "probes", None),
         grad_a=None if grad_a is None else _align_gradient(grad_a, params),
         outputs_a=None if outputs_a is None else outputs_a.detach(),
         ignore_index=ignore_index,
@@ -131,22 +131,21 @@ def available_estimators() -> list[str]:
     return list(get_plugin_manager().estimators())
 
 
-def resolve_estimator(estimator: str | Estimator, options: Mapping[str, Any]) -> Estimator:
+def resolve_estimator(estimator: str | Estimator, options: Mapping[str, Any], probes: int | None = None) -> Estimator:
+    """The estimator to measure with; ``probes`` is a shorthand for its ``probes`` option."""
     if isinstance(estimator, Estimator):
-        if options:
-            raise TypeError("estimator options go to the estimator's constructor when passing an instance")
+        if options or probes is not None:
+            raise TypeError("estimator options (probes too) go to the estimator's constructor when passing an "
+                            "instance, e.g. Hutchinson(probes=16)")
         return estimator
+    if probes is not None:
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+            raise ValueError(f"probes must be a positive integer, got {probes!r}")
+        registered = get_plugin_manager().lookup("estimator", estimator)
+        if not registered.attribute("uses_probes", False):
+            raise ValueError(f"estimator '{estimator}' draws no probes; leave probes unset")
+        options = {**options, "probes": probes}
     return get_plugin_manager().create("estimator", estimator, **options)
-
-
-def resolve_probes(est: Estimator, probes: int | None) -> int | None:
-    if probes is None:
-        return est.default_probes
-    if not est.uses_probes:
-        raise ValueError(f"estimator '{est.name}' draws no probes; leave probes unset")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    return probes
 
 
 def _fresh_generator() -> torch.Generator:

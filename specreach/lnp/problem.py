@@ -43,7 +43,7 @@ class MeasurementProblem:
     batch_a: Batch
     batch_b: Batch | None  # None: full batch, B = A
     generator: torch.Generator
-    probes: int | None
+    probes: int | None  # the estimator's probes option (estimators that draw probes), for reporting
     grad_a: tuple[Tensor, ...] | None = None  # the training step's ∇L_A, aligned with params
     outputs_a: Tensor | None = None  # the training step's outputs (logits) on A
     ignore_index: IgnoreIndex = "auto"

@@ -22,6 +22,9 @@ class ExactParams(BaseModel):
 
 class HutchinsonParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    probes: int = Field(8, ge=1, le=4096, description=(
+        "K, the Rademacher probes per sample and batch (`measure.probes` and measure_lnp(probes=K) set it). "
+        "Each costs about a third of a training step on the benchmark model."))
     readout: Literal["exact", "probed"] = Field(
         "exact",
         description="'exact': a linear readout's share of χ_net in closed form, probes in its input space; "
