@@ -168,7 +168,7 @@ COMPONENT_KINDS = (
 )
 
 
-def component_notes(component: type) -> list[str]:
+def component_notes(component: Any) -> list[str]:
     notes = [f"Class `{component.__module__}.{component.__qualname__}`."]
     if getattr(component, "uses_probes", False):
         notes.append(f"Draws probes: `measure.probes` (default {component.Params.model_fields['probes'].default}).")
