@@ -300,13 +300,7 @@ class ForwardRecorder:
             self.derived[id(output)] = (output, frozenset(pid for pid, *_ in operands))
 
     def __enter__(self) -> "ForwardRecorder":
-        self.calls.clear()
-        self.op_uses.clear()
-        self.transposes.clear()
-        self.derived.clear()
-        self.batch_data.clear()
-        self.sample_rows.clear()
-        self._kept.clear()
+        self.clear()
         self.n = None
         self._stack.clear()
         for path, module in self.model.named_modules():
