@@ -171,7 +171,7 @@ class PerSampleNormTape:
                     grad = op_rule.per_sample(backprop, n)
                     summed_grads[pid] = summed_grads[pid] + grad if pid in summed_grads else grad
             for pid, grads in summed_grads.items():
-                norms[self.param_names[pid]] = grads.reshape(n, -1).square().sum(dim=1)
+                norms[self.param_names[pid]] = torch.linalg.vector_norm(grads.reshape(n, -1), dim=1).square()
         return norms
 
     def _per_sample(self, rule: RuleCall, backprop: Tensor, n: int):
@@ -188,7 +188,7 @@ class PerSampleNormTape:
         elif kind is nn.RMSNorm:
             yield from self._rms_norm(rule, backprop, n)
         elif isinstance(module, nn.Embedding):
-            yield from _embedding(module, call.args[0], backprop, materialize)
+            yield from self._embedding(rule, backprop, materialize, n)
         elif not materialize and kind in NORM_SAMPLERS:
             for param, norm in NORM_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
                 yield param, norm, True
@@ -233,6 +233,29 @@ class PerSampleNormTape:
             else:
                 yield bias, summed.square().sum(dim=1).sqrt(), True
 
+    def _embedding(self, rule: RuleCall, backprop: Tensor, materialize: bool, n: int):
+        """Embedding rows: per sample ‖Σ_t e_{x_t} g_tᵀ‖² = Σ over its distinct tokens of ‖Σ_{t: x_t = v} g_t‖².
+
+        The (sample, token) grouping depends only on the tokens, so it is found once per forward;
+        a probe then costs one ``index_add`` of its output gradients. Autograd gives the
+        ``padding_idx`` row no gradient, so neither do we.
+        """
+        module = cast(nn.Embedding, rule.call.module)
+        tokens = rule.call.args[0]
+        if module.padding_idx is not None:
+            backprop = backprop * (tokens != module.padding_idx).unsqueeze(-1).to(backprop.dtype)
+        if materialize:
+            for param, grad in GRAD_SAMPLERS[nn.Embedding](module, [tokens.contiguous()], backprop).items():
+                yield param, grad, False
+            return
+        if not module.weight.requires_grad:
+            return
+        pair_of_position, sample_of_pair = self._once(rule, "token groups", lambda: _token_groups(tokens, n))
+        by_pair = backprop.new_zeros(sample_of_pair.shape[0], module.embedding_dim)
+        by_pair.index_add_(0, pair_of_position, backprop.reshape(-1, module.embedding_dim))
+        squared = backprop.new_zeros(n).index_add_(0, sample_of_pair, by_pair.square().sum(dim=1))
+        yield module.weight, squared.sqrt(), True
+
     def _rms_norm(self, rule: RuleCall, backprop: Tensor, n: int):
         """RMSNorm's weight: per sample Σ_t g_t ⊙ x̂_t, the normalized input computed once per forward."""
         module = cast(nn.RMSNorm, rule.call.module)
@@ -255,18 +278,14 @@ def _contiguous(args: tuple) -> list:
     return [a.contiguous() if isinstance(a, Tensor) else a for a in args]
 
 
-def _embedding(module: nn.Embedding, tokens: Tensor, backprop: Tensor, materialize: bool):
-    """Embedding rows: autograd gives the ``padding_idx`` row no gradient, so neither do we."""
-    if module.padding_idx is not None:
-        keep = (tokens != module.padding_idx).unsqueeze(-1).to(backprop.dtype)
-        backprop = backprop * keep
-    tokens = tokens.contiguous()
-    if materialize:
-        for param, grad in GRAD_SAMPLERS[nn.Embedding](module, [tokens], backprop).items():
-            yield param, grad, False
-    else:
-        for param, norm in NORM_SAMPLERS[nn.Embedding](module, [tokens], backprop).items():
-            yield param, norm, True
+def _token_groups(tokens: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """For each position of the flattened (sample, position) grid, the index of its distinct
+    (sample, token) pair; and for each pair, its sample."""
+    tokens = tokens.reshape(n, -1)
+    stride = int(tokens.max()) + 1 if tokens.numel() else 1  # token ids are ≥ 0 (nn.Embedding checks)
+    samples = torch.arange(n, device=tokens.device).unsqueeze(1)
+    pairs, pair_of_position = torch.unique((samples * stride + tokens).reshape(-1), return_inverse=True)
+    return pair_of_position, pairs // stride
 
 
 def _call_vjp(rule: RuleCall, backprop: Tensor, n: int):
