@@ -253,7 +253,7 @@ class MeasureSection(Strict):
     estimator: str = Field("hutchinson", description="Estimator name (see `specreach plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
     probes: int | None = Field(None, ge=1, le=MAX_PROBES, description=(
-        "Probes per batch (estimators that draw probes). Each costs about half a training step."))
+        "Probes per batch (estimators that draw probes). Each costs about a third of a training step."))
     schedule: LogWindows | EveryWindows | list[int] = Field(default_factory=LogWindows, description=(
         "Log-spaced windows `{initial_steps, windows, steps_per_window}`, uniform windows "
         "`{every, steps_per_window}`, or an explicit list of steps."))

@@ -16,8 +16,8 @@ head carry probe noise.
 Adaptive K (``target_rse``): after K probes, more are drawn until χ_net's relative standard error
 reaches the target or ``max_probes``; ``result.extras`` reports ``probes_a`` and ``probes_b``.
 
-Default K = 8. Each probe costs about half a training step (an activation-only backward
-sharing one forward), so K = 8 keeps a cross-batch measurement near twelve training steps.
+Default K = 8. Each probe costs about a third of a training step (an activation-only backward
+sharing one forward), so K = 8 keeps a cross-batch measurement near seven training steps.
 The relative error falls like 1/√K and, with n samples of a batch contributing
 independently, like 1/√n as well: on the benchmark Llama (batch 32) one measurement with
 K = 8 has under 1 % relative error on N, and averaging within measurement windows

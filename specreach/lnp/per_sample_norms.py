@@ -11,7 +11,8 @@ gradients) into per-sample norms:
 - linear layers: ghost norms ``Σ_{t,t'} (a_t·a_t')(g_t·g_t')`` (the activations' Gram matrix
   computed once per forward, so a probe costs T²·d_out) or the materialized per-sample gradient
   Σ_t g_t a_tᵀ (T·d_in·d_out per probe), whichever is cheaper;
-- embeddings: Opacus's norm rule, with the ``padding_idx`` positions' gradients removed (autograd
+- embeddings: per sample, the output gradients summed over the positions of each distinct token
+  (the grouping found once per forward), with the ``padding_idx`` positions' gradients removed (autograd
   gives that row no gradient);
 - other layers with an Opacus grad-sample rule (norms, convolutions, …): the per-sample gradient;
 - everything else: a per-sample vector-Jacobian product of the call (``torch.func``).
