@@ -18,7 +18,7 @@ def jacobian_and_output_grad(model, loss_fn, inputs, targets):
     for k in range(flat.numel()):
         grads = torch.autograd.grad(flat[k], params, retain_graph=True, allow_unused=True)
         rows.append(np.concatenate([
-            (np.zeros(p.numel()) if g is None else g.detach().double().reshape(-1).numpy())
+            (np.zeros(p.numel()) if g is None else g.detach().to_dense().double().reshape(-1).numpy())
             for p, g in zip(params, grads)
         ]))
     detached = outputs.detach().requires_grad_(True)
@@ -74,7 +74,7 @@ def masked_jacobian_and_output_grad(model, loss_fn, inputs, targets, mask=None):
     for k in counted_rows(outputs, mask):
         grads = torch.autograd.grad(flat[int(k)], params, retain_graph=True, allow_unused=True)
         rows.append(np.concatenate([
-            (np.zeros(p.numel()) if g is None else g.detach().double().reshape(-1).numpy())
+            (np.zeros(p.numel()) if g is None else g.detach().to_dense().double().reshape(-1).numpy())
             for p, g in zip(params, grads)
         ]))
     detached = outputs.detach().requires_grad_(True)

@@ -306,6 +306,13 @@ def padding_idx_counted():
     return model, token_loss, (a, a.roll(-1, 1).clamp(min=1)), (b, b.roll(-1, 1).clamp(min=1)), None, None
 
 
+def sparse_embedding():
+    """``nn.Embedding(sparse=True)``: autograd's gradients of the table are sparse tensors."""
+    model = PaddedLM()
+    model.embed = nn.Embedding(VOCAB, 5, sparse=True)
+    return _lm_case(model)
+
+
 def hooked_output():
     return _classification(HookedMLP())
 
@@ -386,6 +393,7 @@ CASES = {
     "vit_more_classes_than_width": vit_more_classes_than_width,
     "padded_lm_ignored_targets": padded_lm_ignored_targets,
     "padding_idx_counted": padding_idx_counted,
+    "sparse_embedding": sparse_embedding,
     "hooked_output": hooked_output,
     "forward_bypass": forward_bypass,
     "weight_norm": weight_norm,

@@ -18,8 +18,22 @@ from opacus.grad_sample.linear import compute_linear_grad_sample, compute_linear
 from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
 from torch import nn
 
+@contextlib.contextmanager
+def dense_embedding_gradients(module: nn.Module) -> Iterator[None]:
+    """``nn.Embedding(sparse=True)`` gives sparse gradients, which ``torch.func`` cannot batch; the
+    function is the same with dense ones."""
+    sparse = [m for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    for embedding in sparse:
+        embedding.sparse = False
+    try:
+        yield
+    finally:
+        for embedding in sparse:
+            embedding.sparse = True
+
+
 _SCALED_LINEARS: dict[type, Callable[[nn.Module], float]] = {}
-_CALL_CONTEXTS: list[Callable[[nn.Module], ContextManager]] = []
+_CALL_CONTEXTS: list[Callable[[nn.Module], ContextManager]] = [dense_embedding_gradients]
 _INSTALLED: set[str] = set()
 
 

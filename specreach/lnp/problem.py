@@ -254,9 +254,11 @@ def squared_norm(tensor: Tensor, chunk: int = 1 << 20) -> float:
 
 
 def gradient_dot(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> float:
-    """⟨∇L_A, ∇L_B⟩ summed in float64."""
-    return math.fsum(float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
-                     for a, b in zip(grads_a, grads_b))
+    """⟨∇L_A, ∇L_B⟩ summed in float64 (sparse gradients, e.g. of ``nn.Embedding(sparse=True)``, too)."""
+    def flat(grad: Tensor) -> Tensor:
+        return (grad.to_dense() if grad.is_sparse else grad).reshape(-1).double()
+
+    return math.fsum(float(torch.dot(flat(a), flat(b))) for a, b in zip(grads_a, grads_b))
 
 
 @contextlib.contextmanager
