@@ -25,6 +25,10 @@ COMPONENTS = (
 )
 
 
+#: Cases torch.func cannot transform, so the explicit eNTK refuses them with a clear error.
+ENTK_CANNOT_TRANSFORM = {"activation_checkpointing": "activation checkpointing"}
+
+
 def reference(model, loss_fn, batch_a, batch_b, mask_a, mask_b):
     training = [m.training for m in model.modules()]
     model.eval()
@@ -46,6 +50,10 @@ def build(case, cross):
 def test_matches_the_explicit_entk(float64, case, cross, estimator):
     model, loss_fn, batch_a, batch_b, mask_a, mask_b = build(case, cross)
     expected = reference(model, loss_fn, batch_a, batch_b, mask_a, mask_b)
+    if estimator == "entk" and case in ENTK_CANNOT_TRANSFORM:
+        with pytest.raises(ValueError, match=ENTK_CANNOT_TRANSFORM[case]):
+            measure_lnp(model, loss_fn, batch_a, batch_b, estimator=estimator)
+        return
     result = measure_lnp(model, loss_fn, batch_a, batch_b, estimator=estimator)
     for name in COMPONENTS:
         assert getattr(result, name) == pytest.approx(expected[name], rel=1e-6, abs=1e-14), name
@@ -286,6 +294,18 @@ def test_embeddings_that_couple_or_change_are_refused(options, message):
     batch = (torch.randint(0, VOCAB, (4, 2)), torch.randint(0, 3, (4,)))
     with pytest.raises(ValueError, match=message):
         measure_lnp(model, F.cross_entropy, batch)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # entk's forward without grad
+@pytest.mark.parametrize("estimator", ["exact", "hutchinson", "entk"])
+def test_reentrant_activation_checkpointing_is_a_clear_error(estimator):
+    """Its region keeps no graph: per-sample gradients inside it do not exist."""
+    model = user_models.CheckpointedMLP(use_reentrant=True)
+    batch = (torch.randn(4, 4), torch.randint(0, 3, (4,)))
+    with pytest.raises(ValueError, match="use_reentrant=False|activation checkpointing"):
+        measure_lnp(model, F.cross_entropy, batch, estimator=estimator)
+    with pytest.raises(ValueError, match="use_reentrant=False"):
+        measure_lnp(model, F.cross_entropy, batch, estimator="exact", verify=True)
 
 
 def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():

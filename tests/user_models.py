@@ -11,6 +11,7 @@ import functools
 import torch
 import torch.nn.functional as F
 import torch.nn.utils.parametrize  # noqa: F401  (weight_norm below needs it registered)
+import torch.utils.checkpoint
 from torch import nn
 
 from specreach.models.vit import build_vit
@@ -96,6 +97,21 @@ class PaddedLM(nn.Module):
 
     def forward(self, tokens):
         return self.head(torch.tanh(self.mix(self.embed(tokens))))
+
+
+class CheckpointedMLP(nn.Module):
+    """Activation checkpointing (``torch.utils.checkpoint``) around the middle block."""
+
+    def __init__(self, use_reentrant=False):
+        super().__init__()
+        self.first = nn.Linear(4, 6)
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+        self.head = nn.Linear(6, 3)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        return self.head(torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=self.use_reentrant))
 
 
 class HookedMLP(nn.Module):
@@ -317,6 +333,10 @@ def hooked_output():
     return _classification(HookedMLP())
 
 
+def activation_checkpointing():
+    return _classification(CheckpointedMLP())
+
+
 def forward_bypass():
     return _classification(ForwardBypass())
 
@@ -395,6 +415,7 @@ CASES = {
     "padding_idx_counted": padding_idx_counted,
     "sparse_embedding": sparse_embedding,
     "hooked_output": hooked_output,
+    "activation_checkpointing": activation_checkpointing,
     "forward_bypass": forward_bypass,
     "weight_norm": weight_norm,
     "keyword_inputs": keyword_inputs,

@@ -58,8 +58,16 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
         return outputs.reshape(-1)[rows]
 
     output_grad = measured.output_grad.reshape(-1)[rows].double()
-    with functional_call_context(problem.model):
-        jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
+    try:
+        with functional_call_context(problem.model):
+            jacobians = torch.func.jacrev(flat_outputs, argnums=tuple(range(len(values))), chunk_size=chunk_size)(*values)
+    except RuntimeError as error:
+        raise ValueError(
+            f"the explicit eNTK (torch.func.jacrev over the parameters) cannot differentiate this model: {error}\n"
+            "Custom autograd.Functions need torch.func support (setup_context, vmap), and activation "
+            "checkpointing (torch.utils.checkpoint, saved-tensor hooks) must be off. Otherwise measure with "
+            "estimator='exact' or 'hutchinson'."
+        ) from error
     blocks = [j.reshape(rows.numel(), -1).double() for j in jacobians]
     columns, start = {}, 0
     for name, block in zip(names, blocks):

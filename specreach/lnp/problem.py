@@ -176,7 +176,29 @@ def forward(model: nn.Module, inputs: Any, which: str) -> Tensor:
             "different function and D, L and N would not come from one; make the forward deterministic in "
             "eval mode (e.g. dropout through nn.Dropout or F.dropout(..., training=self.training))"
         )
-    return check_outputs(outputs, inputs, which)
+    outputs = check_outputs(outputs, inputs, which)
+    refuse_reentrant_checkpoints(outputs)
+    return outputs
+
+
+def refuse_reentrant_checkpoints(outputs: Tensor) -> None:
+    """``torch.utils.checkpoint(..., use_reentrant=True)`` runs its region without a graph, so
+    gradients with respect to the tensors inside it (which per-sample norms need) do not exist."""
+    seen: set[int] = set()
+    stack = [outputs.grad_fn] if outputs.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            raise ValueError(
+                "the model uses torch.utils.checkpoint with use_reentrant=True, whose region keeps no "
+                "autograd graph, so per-sample gradients inside it cannot be taken; use "
+                "use_reentrant=False (or turn activation checkpointing off while measuring, e.g. "
+                "model.gradient_checkpointing_disable() in transformers)"
+            )
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
 
 
 def _rng_states(model: nn.Module) -> list[Tensor]:
