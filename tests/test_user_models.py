@@ -308,9 +308,9 @@ def test_reentrant_activation_checkpointing_is_a_clear_error(estimator):
         measure_lnp(model, F.cross_entropy, batch, estimator="exact", verify=True)
 
 
-def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():
-    """A tied use without an op rule (einsum), in a forward with data-dependent Python control flow:
-    the per-sample VJP of the model cannot be vmapped."""
+def test_a_branch_on_the_whole_batch_is_a_clear_error():
+    """A tied use without an op rule (einsum) sends the model to a per-sample VJP; vmap cannot run
+    its Python branch, and the loop that can finds that a sample alone takes the other branch."""
 
     class Branching(nn.Module):
         def __init__(self):
@@ -319,12 +319,25 @@ def test_a_general_path_that_cannot_run_per_sample_is_a_clear_error():
 
         def forward(self, x):
             h = torch.tanh(self.encoder(x))
-            if h.sum() > 0:  # a Python branch on the data
+            if x.sum() > 0:  # a Python branch on the whole batch
                 h = h * 2
             return torch.einsum("bc,ci->bi", h, self.encoder.weight)
 
     torch.manual_seed(0)
-    batch = (torch.randn(4, 4), torch.randn(4, 4))
-    with pytest.raises(ValueError, match=r"per-sample VJP of module call '<Branching model>'.*encoder.weight.*"
-                                         r"data-dependent Python control flow"):
-        measure_lnp(Branching(), F.mse_loss, batch, estimator="hutchinson", probes=2)
+    inputs = torch.ones(4, 4)
+    inputs[3] = -10.0  # the batch sums below 0, sample 0 alone above
+    with pytest.raises(ValueError, match=r"module call '<Branching model>' gives sample 0 a different output alone "
+                                         r"than in the batch, so its samples are coupled"):
+        measure_lnp(Branching(), F.mse_loss, (inputs, torch.randn(4, 4)), estimator="hutchinson", probes=2)
+
+
+def test_models_vmap_cannot_run_take_the_per_sample_loop(float64):
+    """nn.LSTM's fused op has no batching rule, and a per-sample Python branch cannot be vmapped:
+    their per-sample VJPs run one sample at a time (the values are checked in the tests above)."""
+    for case, name in (("lstm_lm", "rnn.weight_hh_l0"), ("per_sample_branches", "scale")):
+        model, loss_fn, batch_a, *_ = user_models.build(case)
+        tape = PerSampleNormTape(model, dict(model.named_parameters()))
+        with tape:
+            outputs = model(batch_a[0])
+        tape.squared_norms(outputs, torch.ones_like(outputs))
+        assert "VJP" in tape.paths[name] and len(tape._vmap_failed) == 1, case

@@ -114,6 +114,35 @@ class CheckpointedMLP(nn.Module):
         return self.head(torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=self.use_reentrant))
 
 
+class RecurrentLM(nn.Module):
+    """An LSTM/GRU language model: ``nn.LSTM``'s fused op has no vmap batching rule."""
+
+    def __init__(self, cell, hidden=5):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 4)
+        self.rnn = cell(4, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, VOCAB)
+
+    def forward(self, tokens):
+        return self.head(self.rnn(self.embed(tokens))[0])
+
+
+class PerSampleBranches(nn.Module):
+    """A Python branch on each sample's own data: vmap cannot run it; samples stay independent."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 6)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        rows = []
+        for row in torch.tanh(self.body(x)):
+            rows.append(row * self.scale if row.sum() > 0 else row)
+        return self.head(torch.stack(rows))
+
+
 class HookedMLP(nn.Module):
     """A user's forward hook replaces a layer's output with 2·y + 1."""
 
@@ -333,6 +362,21 @@ def hooked_output():
     return _classification(HookedMLP())
 
 
+def lstm_lm():
+    return _lm_case(RecurrentLM(nn.LSTM))
+
+
+def gru_lm():
+    return _lm_case(RecurrentLM(nn.GRU))
+
+
+def per_sample_branches():
+    model, loss_fn, a, b, mask_a, mask_b = _classification(PerSampleBranches())
+    a[0][0] = 3.0  # branches both ways within a batch (tanh of a 4-wide linear)
+    a[0][1] = -3.0
+    return model, loss_fn, a, b, mask_a, mask_b
+
+
 def activation_checkpointing():
     return _classification(CheckpointedMLP())
 
@@ -416,6 +460,9 @@ CASES = {
     "sparse_embedding": sparse_embedding,
     "hooked_output": hooked_output,
     "activation_checkpointing": activation_checkpointing,
+    "lstm_lm": lstm_lm,
+    "gru_lm": gru_lm,
+    "per_sample_branches": per_sample_branches,
     "forward_bypass": forward_bypass,
     "weight_norm": weight_norm,
     "keyword_inputs": keyword_inputs,

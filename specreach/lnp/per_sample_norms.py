@@ -60,6 +60,8 @@ class PerSampleNormTape:
         self.output_mask: Tensor | None = None
         #: What every probe of this forward reuses (activation Gram matrices, normalized inputs).
         self._reused: dict[tuple[int, str], Tensor] = {}
+        #: Ids of recorded calls whose per-sample VJP torch.func.vmap could not run (looped instead).
+        self._vmap_failed: set[int] = set()
 
     def __enter__(self) -> "PerSampleNormTape":
         self.plan = None
@@ -99,6 +101,7 @@ class PerSampleNormTape:
         self.plan = None
         self.output_mask = None
         self._reused.clear()
+        self._vmap_failed.clear()
 
     @property
     def coverage(self) -> CoveragePlan:
@@ -178,7 +181,7 @@ class PerSampleNormTape:
     def _per_sample(self, rule: RuleCall, backprop: Tensor, n: int):
         """Yield (parameter, per-sample norm or gradient, is_norm) for one planned call."""
         if rule.vjp:
-            yield from _call_vjp(rule, backprop, n)
+            yield from _call_vjp(rule, backprop, n, self._vmap_failed)
             return
         module, call = rule.call.module, rule.call
         flattened = not is_batched(call.args[0], n)  # rows of the flattened batch (see ModuleCall.flattens_batch)
@@ -289,11 +292,13 @@ def _token_groups(tokens: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return pair_of_position, pairs // stride
 
 
-def _call_vjp(rule: RuleCall, backprop: Tensor, n: int):
-    """Per-sample gradients of the rule's parameters by a vmapped VJP of the recorded call.
+def _call_vjp(rule: RuleCall, backprop: Tensor, n: int, vmap_failed: set[int]):
+    """Per-sample gradients of the rule's parameters by a VJP of the recorded call, one sample at a time.
 
-    The call is re-run for one sample at a time (``torch.func.functional_call`` with the
-    parameters as the only primals), so every use inside it is differentiated.
+    The call is re-run on each sample alone (``torch.func.functional_call`` with the parameters as
+    the only primals), so every use inside it is differentiated: vmapped where ``torch.func.vmap``
+    can run the call, otherwise (data-dependent control flow, ops without a batching rule such as
+    ``nn.LSTM``'s) in a loop over the samples.
     """
     call = rule.call
     dims = pytree.tree_map(lambda v: 0 if is_batched(v, n) else None, (call.args, call.kwargs))
@@ -311,16 +316,46 @@ def _call_vjp(rule: RuleCall, backprop: Tensor, n: int):
         _, vjp = torch.func.vjp(run, primals)
         return vjp(grad_output.unsqueeze(0))[0]
 
-    try:
-        with functional_call_context(call.module):
-            grads = torch.func.vmap(sample_vjp, in_dims=(dims, 0), randomness="error")(inputs, backprop)
-    except RuntimeError as error:
-        names = ", ".join(sorted(rule.parameters))
-        raise ValueError(
-            f"the per-sample VJP of module call '{call.name}' (for its parameters {names}) failed under "
-            f"torch.func.vmap: {error}. Per-sample norms re-run that call one sample at a time; make its "
-            "forward free of data-dependent Python control flow and in-place updates of captured tensors, "
-            "or use estimator='entk'."
-        ) from error
+    with functional_call_context(call.module):
+        if id(call) not in vmap_failed:
+            try:
+                grads = torch.func.vmap(sample_vjp, in_dims=(dims, 0), randomness="error")(inputs, backprop)
+            except RuntimeError:
+                vmap_failed.add(id(call))  # the forward's later probes go straight to the loop
+        if id(call) in vmap_failed:
+            grads = _looped_vjp(rule, dims, inputs, primals, backprop, n)
     for local, grad in grads.items():
         yield rule.parameters[local], grad, False
+
+
+def _looped_vjp(rule: RuleCall, dims, inputs, primals: dict[str, Tensor], backprop: Tensor, n: int) -> dict[str, Tensor]:
+    """The per-sample VJP as a loop of plain autograd calls, one sample at a time.
+
+    Re-running a call on one sample measures the function of that sample alone; that is the
+    model's only if the call keeps samples independent, so each sample's output alone must equal
+    its output in the batch (a branch on a batch statistic, say, would not).
+    """
+    call = rule.call
+    recorded = call.output.detach()
+    tolerance = {torch.float64: 1e-10, torch.float32: 1e-4}.get(recorded.dtype, 1e-2)
+    per_sample: dict[str, list[Tensor]] = {local: [] for local in primals}
+    leaves = {local: p.requires_grad_(True) for local, p in ((k, v.clone()) for k, v in primals.items())}
+    for i in range(n):
+        sample = slice(i, i + 1)
+        args, kwargs = pytree.tree_map(
+            lambda d, v, sample=sample: v[sample] if d == 0 else v, dims, inputs, is_leaf=lambda d: d is None,
+        )
+        with torch.enable_grad():
+            output = torch.func.functional_call(call.module, leaves, args, kwargs)
+            if not isinstance(output, Tensor) or not torch.allclose(
+                    output.detach(), recorded[i:i + 1], rtol=tolerance, atol=tolerance * float(recorded.abs().max())):
+                raise ValueError(
+                    f"module call '{call.name}' gives sample {i} a different output alone than in the batch, so "
+                    "its samples are coupled (e.g. a branch or statistic over the whole batch) and per-sample "
+                    "gradients are not defined; make the forward treat every sample on its own"
+                )
+            grads = torch.autograd.grad(output, list(leaves.values()), grad_outputs=backprop[i:i + 1],
+                                        allow_unused=True)
+        for (local, leaf), grad in zip(leaves.items(), grads):
+            per_sample[local].append(torch.zeros_like(leaf) if grad is None else grad)
+    return {local: torch.stack(grads) for local, grads in per_sample.items()}
