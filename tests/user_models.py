@@ -7,6 +7,7 @@ positions that count (None: all), which the reference needs for models with igno
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +177,32 @@ class WeightNormNet(nn.Module):
 
     def forward(self, x):
         return self.out(torch.tanh(self.hidden(x)))
+
+
+class HookReparametrized(nn.Module):
+    """The deprecated hook-based ``nn.utils.spectral_norm``/``weight_norm``: the layer's ``weight`` is a
+    plain tensor a pre-hook computes from ``weight_orig`` (or ``weight_g``, ``weight_v``)."""
+
+    def __init__(self, reparametrize):
+        super().__init__()
+        self.hidden = reparametrize(nn.Linear(4, 6))
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class WeightAlsoUsedOutside(nn.Module):
+    """A layer's weight also used functionally outside it, over more positions than input features:
+    the weight takes op rules for both uses, the bias the layer's rule (which must not add the weight)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(2, 3)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mix(x) + F.linear(x.flip(1), self.mix.weight)))
 
 
 class KeywordInputs(nn.Module):
@@ -389,6 +416,22 @@ def weight_norm():
     return _classification(WeightNormNet())
 
 
+def old_spectral_norm():
+    return _classification(HookReparametrized(nn.utils.spectral_norm))
+
+
+def old_weight_norm():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of parametrizations
+        return _classification(HookReparametrized(nn.utils.weight_norm))
+
+
+def weight_also_used_outside():
+    model = WeightAlsoUsedOutside()
+    inputs_a, inputs_b = torch.randn(3, 6, 2), torch.randn(2, 6, 2)
+    return model, F.mse_loss, (inputs_a, torch.randn(3, 6, 4)), (inputs_b, torch.randn(2, 6, 4)), None, None
+
+
 def keyword_inputs():
     model = KeywordInputs()
     def batch(n):
@@ -465,6 +508,9 @@ CASES = {
     "per_sample_branches": per_sample_branches,
     "forward_bypass": forward_bypass,
     "weight_norm": weight_norm,
+    "old_spectral_norm": old_spectral_norm,
+    "old_weight_norm": old_weight_norm,
+    "weight_also_used_outside": weight_also_used_outside,
     "keyword_inputs": keyword_inputs,
     "multihead_attention": multihead_attention,
     "functional_ops": functional_ops,

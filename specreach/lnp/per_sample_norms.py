@@ -179,7 +179,18 @@ class PerSampleNormTape:
         return norms
 
     def _per_sample(self, rule: RuleCall, backprop: Tensor, n: int):
-        """Yield (parameter, per-sample norm or gradient, is_norm) for one planned call."""
+        """Yield (parameter, per-sample norm or gradient, is_norm) for the parameters planned on this call.
+
+        Only those: a layer's rule also gives its other tensors, which the plan may compute elsewhere
+        (a weight also used outside the layer takes op rules while the layer's bias takes its rule)
+        or which are not parameters at all (a ``weight`` computed from ``weight_orig`` by a hook).
+        """
+        planned = {id(p) for p in rule.parameters.values()}
+        for param, value, is_norm in self._rule_values(rule, backprop, n):
+            if id(param) in planned:
+                yield param, value, is_norm
+
+    def _rule_values(self, rule: RuleCall, backprop: Tensor, n: int):
         if rule.vjp:
             yield from _call_vjp(rule, backprop, n, self._vmap_failed)
             return
@@ -218,8 +229,9 @@ class PerSampleNormTape:
         def activations() -> Tensor:
             return (rule.call.args[0].reshape(n, -1, module.in_features) * scale).to(g.dtype)
 
-        weight = module.weight if module.weight.requires_grad else None
-        bias = module.bias if module.bias is not None and module.bias.requires_grad else None
+        planned = {id(p) for p in rule.parameters.values()}
+        weight = module.weight if id(module.weight) in planned else None
+        bias = module.bias if module.bias is not None and id(module.bias) in planned else None
         # Per probe: ghost T²·d_out (the activations' Gram is reused), materialized T·d_in·d_out.
         ghost = not materialize and positions * positions * module.out_features <= (
             positions * module.in_features * module.out_features) and positions * positions * n <= _GRAM_LIMIT
