@@ -16,6 +16,7 @@ import user_models
 from reference import lnp_reference_masked
 from specreach import measure_lnp, measure_lnp_at_step
 from specreach.lnp.per_sample_norms import PerSampleNormTape
+from specreach.models.llama import Llama, LlamaConfig
 from specreach.lnp.verify import VerificationError, verify_model
 
 COMPONENTS = (
@@ -306,6 +307,30 @@ def test_reentrant_activation_checkpointing_is_a_clear_error(estimator):
         measure_lnp(model, F.cross_entropy, batch, estimator=estimator)
     with pytest.raises(ValueError, match="use_reentrant=False"):
         measure_lnp(model, F.cross_entropy, batch, estimator="exact", verify=True)
+
+
+def test_a_batch_as_long_as_the_context_keeps_the_fast_path(float64):
+    """Batch = context = width: every inner tensor has another dimension of the batch size, so the
+    batch dimension is confirmed by a backward rather than read from the shape; the Llama's tensors
+    are all batch-first and keep their layer rules."""
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab=17, layers=1, hidden=8, ff=16, heads=2, context=8))
+    tokens_a, tokens_b = torch.randint(0, 17, (8, 9)), torch.randint(0, 17, (8, 9))
+    batch_a, batch_b = (tokens_a[:, :-1], tokens_a[:, 1:]), (tokens_b[:, :-1], tokens_b[:, 1:])
+    expected = reference(model, user_models.token_loss, batch_a, batch_b, None, None)
+    result = measure_lnp(model, user_models.token_loss, batch_a, batch_b)
+    assert not any("VJP" in path for path in result.paths.values()), result.paths
+    for name in COMPONENTS:
+        assert getattr(result, name) == pytest.approx(expected[name], rel=1e-6, abs=1e-14), name
+
+
+def test_self_check_runs_the_fast_path_at_the_batch_size(float64, monkeypatch):
+    """With the batch-dimension confirmation off, the sequence-first layer splits its gradient by
+    position: the self-check sees it, because its fast path runs on the whole batch (T = n there)."""
+    model, loss_fn, batch_a, *_ = user_models.build("sequence_first_as_long_as_the_batch")
+    monkeypatch.setattr(PerSampleNormTape, "_confirm_batch_dims", lambda self, outputs: False)
+    with pytest.raises(VerificationError, match="mix"):
+        verify_model(model, loss_fn, batch_a)
 
 
 def test_a_branch_on_the_whole_batch_is_a_clear_error():

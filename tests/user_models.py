@@ -205,6 +205,19 @@ class WeightAlsoUsedOutside(nn.Module):
         return self.head(torch.tanh(self.mix(x) + F.linear(x.flip(1), self.mix.weight)))
 
 
+class SequenceFirst(nn.Module):
+    """Layers applied sequence-first inside (``x.transpose(0, 1)``, shape (T, n, d)), as models written
+    for ``nn.MultiheadAttention``'s old default; with T = n the shape alone looks batch-first."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(3, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mix(x.transpose(0, 1))).transpose(0, 1))
+
+
 class KeywordInputs(nn.Module):
     """Keyword inputs (a dict batch) and a root-owned parameter."""
 
@@ -432,6 +445,11 @@ def weight_also_used_outside():
     return model, F.mse_loss, (inputs_a, torch.randn(3, 6, 4)), (inputs_b, torch.randn(2, 6, 4)), None, None
 
 
+def sequence_first_as_long_as_the_batch():
+    a, b = torch.randn(4, 4, 3), torch.randn(3, 3, 3)  # T = n in both batches
+    return SequenceFirst(), F.mse_loss, (a, torch.randn(4, 4, 2)), (b, torch.randn(3, 3, 2)), None, None
+
+
 def keyword_inputs():
     model = KeywordInputs()
     def batch(n):
@@ -511,6 +529,7 @@ CASES = {
     "old_spectral_norm": old_spectral_norm,
     "old_weight_norm": old_weight_norm,
     "weight_also_used_outside": weight_also_used_outside,
+    "sequence_first_as_long_as_the_batch": sequence_first_as_long_as_the_batch,
     "keyword_inputs": keyword_inputs,
     "multihead_attention": multihead_attention,
     "functional_ops": functional_ops,

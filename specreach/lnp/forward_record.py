@@ -44,6 +44,9 @@ class ModuleCall:
     uses: set[int] = field(default_factory=set)  # ids of trainable parameters used directly in this call
     #: its first input is the batch flattened into rows, sample by sample (see ``flattens_batch``)
     flattened_input: bool = False
+    #: False when a tensor of the call has the batch size first but is not split by sample there
+    #: (a sequence-first layer whose sequence length equals the batch size; see PerSampleNormTape.record)
+    batch_first: bool = True
 
     @property
     def name(self) -> str:
@@ -68,7 +71,7 @@ class ModuleCall:
         Only then can the output's gradient be split by sample. A call that computes from
         parameters alone (a parametrization, a position table) is not per-sample.
         """
-        return is_batched(self.output, n) and bool(self.batched_tensors(n))
+        return self.batch_first and is_batched(self.output, n) and bool(self.batched_tensors(n))
 
     def flattens_batch(self, n: int) -> bool:
         """The input is the batch flattened into rows sample by sample (``x.reshape(-1, d)`` of a
@@ -117,6 +120,7 @@ class OpUse:
     is_transpose: bool  # a 2-D transpose: its result stands for the parameter (transposed) in later uses
     derives: bool  # its output is computed from parameters without batch data (e.g. position embeddings)
     version: int = 0
+    batch_first: bool = True  # as ModuleCall.batch_first, for the output
 
 
 def _getter(name: str) -> Any:

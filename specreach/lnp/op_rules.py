@@ -91,7 +91,7 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
     (position, transposed, derived), func = operands[0], use.func
     if use.is_transpose or use.derives:
         return "view"  # a transpose or a batch-free result: tracked, and its own uses are classified
-    if not is_batched(use.output, n):
+    if not use.batch_first or not is_batched(use.output, n):
         return None
     args, kwargs = use.args, use.kwargs
     if func in _ADD | _SUB | _MUL | _EXPAND:

@@ -23,7 +23,7 @@ One forward serves any number of backwards (``retain_graph``): probes differ onl
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Mapping, cast
+from typing import Any, Callable, Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from torch.utils import _pytree as pytree
 
 from specreach.lnp.layer_rules import functional_call_context, input_scale, linear_types
 from specreach.lnp.coverage import (
-    GRAD_SAMPLERS, NORM_SAMPLERS, CoveragePlan, RuleCall, plan_coverage,
+    GRAD_SAMPLERS, NORM_SAMPLERS, CoveragePlan, RuleCall, has_layer_rule, plan_coverage,
 )
 from specreach.lnp.forward_record import ForwardRecorder, is_batched
 from specreach.lnp.readout import LinearReadout
@@ -80,6 +80,10 @@ class PerSampleNormTape:
         When the model modifies a recorded module output in place (a ResNet's ``x += shortcut`` on
         a norm's output), that output's gradient is lost: the forward is run again with those
         modules handing the model a copy (remembered for this model, so later forwards need one run).
+
+        Which dimension of an inner tensor is the batch is read from its shape (the first, when it
+        has the batch size); where another dimension has the batch size too, that is confirmed
+        before the plan is used (see :meth:`_confirm_batch_dims`).
         """
         copies = _COPY_OUTPUTS.setdefault(self.model, set())
         self.recorder.copy_outputs = copies
@@ -87,13 +91,63 @@ class PerSampleNormTape:
             outputs = run()
         modified = {id(rule.call.module) for rule in self.coverage.rule_calls
                     if rule.call.output._version != rule.call.version}
-        if not modified:
-            return outputs
-        copies.update(modified)
-        del outputs
-        self.clear()
-        with self:
-            return run()
+        if modified:
+            copies.update(modified)
+            del outputs
+            self.clear()
+            with self:
+                outputs = run()
+        if self._confirm_batch_dims(outputs):
+            self.plan = plan_coverage(self.recorder, self.params, outputs.shape[0])
+        return outputs
+
+    def _confirm_batch_dims(self, outputs: Tensor) -> bool:
+        """Mark the calls and uses whose tensors only look batch-first; True if any was marked.
+
+        A tensor whose first dimension has the batch size n is taken to be split by sample there,
+        which a shape alone cannot tell when another of its dimensions is n as well (a
+        sequence-first layer, shape (T, n, d), with T = n). For those, one backward from one sample's
+        outputs decides: a batch-first tensor receives gradient in that sample's row only. A call or
+        use that fails (or whose tensor is outside the graph, so cannot be asked) is not per-sample,
+        and its parameters take a path through a call that is.
+        """
+        n = outputs.shape[0]
+        owners: dict[int, list] = {}
+        tensors: dict[int, Tensor] = {}
+
+        def suspect(value: Any, owner) -> None:
+            if is_batched(value, n) and n in value.shape[1:]:
+                tensors[id(value)] = value
+                owners.setdefault(id(value), []).append(owner)
+
+        root = self.recorder.root
+        model_inputs = {id(v) for v in (*root.args, *root.kwargs.values())}  # batch-first by contract
+        for call in self.recorder.calls:
+            if call is root:
+                continue
+            suspect(call.output, call)
+            if not has_layer_rule(call.module):  # a layer rule's input has its output's leading dims
+                for value in (*call.args, *call.kwargs.values()):
+                    if id(value) not in model_inputs:
+                        suspect(value, call)
+        for use in self.recorder.op_uses:
+            suspect(use.output, use)
+        if not tensors:
+            return False
+        askable = [t for t in tensors.values() if t.requires_grad and outputs.requires_grad]
+        wrong = {key for key, t in tensors.items() if not (t.requires_grad and outputs.requires_grad)}
+        if askable:
+            sample = n - 1
+            vectors = torch.zeros_like(outputs)
+            vectors[sample] = 1.0
+            grads = torch.autograd.grad(outputs, askable, grad_outputs=vectors, retain_graph=True, allow_unused=True)
+            for tensor, grad in zip(askable, grads):
+                if grad is not None and bool(grad.reshape(n, -1)[:sample].any()):
+                    wrong.add(id(tensor))
+        for key in wrong:
+            for owner in owners[key]:
+                owner.batch_first = False
+        return bool(wrong)
 
     def clear(self) -> None:
         """Drop the recorded tensors (and with them the activations they keep alive)."""

@@ -92,6 +92,12 @@ def verify_model(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: M
                  generator: torch.Generator | None = None, raise_on_mismatch: bool = True) -> VerificationReport:
     """Check the fast per-sample norms of ``model`` on the first ``samples`` samples of ``batch``.
 
+    The fast path runs on the whole batch, probing only those samples (the others get zero
+    probes), so that what depends on the batch's size is checked too: a layer that sees the batch
+    along another dimension (a sequence-first layer whose sequence length equals the batch size)
+    splits its gradient by the wrong dimension and leaks into the other samples. The reference
+    runs each probed sample alone.
+
     Raises :class:`VerificationError` with the per-group mismatch (unless ``raise_on_mismatch``
     is False); returns the report otherwise. The model comes back untouched.
     """
@@ -102,13 +108,11 @@ def verify_model(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: M
     inputs, targets = batch
     n = batch_size(inputs)
     count = min(samples, n)
-    first = slice(0, count)
-    sub = make_batch((take_samples(inputs, n, first), take_samples(targets, n, first)), "a",
-                     None, None if loss_mask is None else loss_mask[first])
-    problem = MeasurementProblem(model=model, loss_fn=loss_fn, params=params, batch_a=sub, batch_b=None,
+    whole = make_batch(batch, "a", None, loss_mask)
+    problem = MeasurementProblem(model=model, loss_fn=loss_fn, params=params, batch_a=whole, batch_b=None,
                                  generator=generator, probes=None, ignore_index=ignore_index)
     with untouched(model), evaluation_mode(model), full_precision(model), torch.enable_grad(), _no_tf32():
-        report = _verify(problem, sub, count)
+        report = _verify(problem, whole, n, count)
     mismatches = report.mismatches()
     if mismatches and raise_on_mismatch:
         wrong = "; ".join(
@@ -138,23 +142,29 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
-def _verify(problem: MeasurementProblem, batch: Batch, count: int) -> VerificationReport:
+def _verify(problem: MeasurementProblem, batch: Batch, n: int, count: int) -> VerificationReport:
     tape = PerSampleNormTape(problem.model, problem.params)
     outputs = tape.record(lambda: forward(problem.model, batch.inputs, "A"))
     try:
         mask = batch_outputs(problem, batch, outputs, "A").mask
-        probe = mask_outputs(rademacher(outputs.shape, problem.generator, outputs), mask)
+
+        def probe_first_samples(like: Tensor) -> Tensor:
+            vectors = mask_outputs(rademacher(like.shape, problem.generator, like), mask)
+            vectors[count:] = 0
+            return vectors
+
+        probe = probe_first_samples(outputs)
         groups = {"outputs": _compare(
             tape.squared_norms(outputs, probe),
-            _reference(problem, batch, count, probe, capture=None),
+            _reference(problem, batch, n, count, probe, capture=None),
         )}
         readout = tape.linear_readout(outputs)
         if readout is not None and readout.worthwhile():
             start = readout.input
-            vectors = mask_outputs(rademacher(start.shape, problem.generator, start), mask)
+            vectors = probe_first_samples(start)
             fast = tape.squared_norms(start, vectors, skip=readout)
             own = {id(p) for p in readout.module.parameters(recurse=False)}
-            reference = _reference(problem, batch, count, vectors, capture=readout.module, skip=own)
+            reference = _reference(problem, batch, n, count, vectors, capture=readout.module, skip=own)
             groups["readout input"] = _compare(fast, reference)
         paths = tape.paths
     finally:
@@ -163,9 +173,10 @@ def _verify(problem: MeasurementProblem, batch: Batch, count: int) -> Verificati
     return VerificationReport(count, TOLERANCE.get(dtype, 1e-3), groups, paths)
 
 
-def _reference(problem: MeasurementProblem, batch: Batch, count: int, vectors: Tensor,
+def _reference(problem: MeasurementProblem, batch: Batch, n: int, count: int, vectors: Tensor,
                capture: nn.Module | None, skip: Collection[int] = frozenset()) -> dict[str, float]:
-    """Σ_i ‖∂(v_iᵀ y_i)/∂θ‖² by group, each sample alone; y is the outputs, or ``capture``'s input."""
+    """Σ_i ‖∂(v_iᵀ y_i)/∂θ‖² by group over the first ``count`` samples, each sample alone; y is the
+    outputs, or ``capture``'s input."""
     names = [name for name, p in problem.params.items() if id(p) not in skip]
     params = [problem.params[name] for name in names]
     totals: dict[str, float] = {}
@@ -175,7 +186,7 @@ def _reference(problem: MeasurementProblem, batch: Batch, count: int, vectors: T
         if capture is not None:
             handle = capture.register_forward_pre_hook(functools.partial(_keep_input, captured))
         try:
-            outputs = forward(problem.model, take_samples(batch.inputs, count, slice(i, i + 1)), "A")
+            outputs = forward(problem.model, take_samples(batch.inputs, n, slice(i, i + 1)), "A")
         finally:
             if handle is not None:
                 handle.remove()
