@@ -85,3 +85,27 @@ def test_result_is_immutable(float64):
     with pytest.raises(TypeError):
         result.network_magnitude_by_group["0"] = 1.0
     assert isinstance(result.as_dict()["spectral_position"], float)
+
+
+@pytest.mark.parametrize("loss_fn, expected_units", [
+    (torch.nn.functional.mse_loss, 5 * 4),  # elementwise: one unit per element
+    (torch.nn.functional.binary_cross_entropy_with_logits, 5 * 4),
+    (torch.nn.functional.cross_entropy, 5),  # one term per class distribution, as with class indices
+    (lambda o, t: torch.nn.functional.kl_div(o.log_softmax(-1), t, reduction="batchmean"), 5),
+])
+def test_units_of_targets_shaped_like_the_outputs_follow_the_loss(float64, loss_fn, expected_units):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    inputs, targets = torch.randn(5, 3), torch.rand(5, 4).softmax(-1)
+    assert measure_lnp(model, loss_fn, (inputs, targets), estimator="exact").units_a == expected_units
+
+
+def test_one_hot_soft_labels_measure_like_class_indices(float64):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    inputs, labels = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    hard = measure_lnp(model, torch.nn.functional.cross_entropy, (inputs, labels), estimator="exact")
+    soft = measure_lnp(model, torch.nn.functional.cross_entropy,
+                       (inputs, torch.nn.functional.one_hot(labels, 4).double()), estimator="exact")
+    for name in ("grad_dot", "loss_magnitude_normalized", "network_magnitude_normalized", "spectral_position"):
+        assert getattr(soft, name) == pytest.approx(getattr(hard, name), rel=1e-12), name

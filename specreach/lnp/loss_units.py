@@ -77,11 +77,46 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
     return ~ignored
 
 
-def units_of(targets: Any, mask: Tensor | None, batch_size: int) -> int:
-    """m: counted positions, by default every target element (samples, or tokens)."""
+def units_of(loss_fn: Any, outputs: Tensor, targets: Any, mask: Tensor | None, batch_size: int) -> int:
+    """m: the counted positions; by default one per target element (samples, or tokens).
+
+    Targets of the outputs' own shape (class probabilities, regression targets) have one element
+    per output: each is a unit of an elementwise loss (MSE, BCE), but a cross-entropy or KL loss
+    over class probabilities takes one term per distribution, as it does with class indices. The
+    loss itself tells which: the elements its second derivative couples to an output element form
+    one unit.
+    """
     if mask is not None:
         return int(mask.sum())
-    return targets.numel() if isinstance(targets, Tensor) else batch_size
+    if not isinstance(targets, Tensor):
+        return batch_size
+    if targets.shape == outputs.shape and targets.is_floating_point() and targets.numel():
+        return targets.numel() // _elements_per_unit(loss_fn, outputs, targets)
+    return targets.numel()
+
+
+def _elements_per_unit(loss_fn: Any, outputs: Tensor, targets: Tensor) -> int:
+    """How many output elements the loss couples to the first one (1 for an elementwise loss).
+
+    Asked at generic outputs (standard normal, not the model's, whose softmax may underflow to
+    exact zeros) of the first sample's shape; the coupling is a property of the loss."""
+    generator = torch.Generator(device=outputs.device).manual_seed(0)
+    first = torch.randn(outputs[:1].shape, generator=generator, device=outputs.device, dtype=outputs.dtype)
+    first.requires_grad_(True)
+    with torch.enable_grad():
+        try:
+            (grad,) = torch.autograd.grad(loss_fn(first, targets[:1]), first, create_graph=True)
+            if not grad.requires_grad:  # piecewise linear (L1): no second derivative to couple anything
+                return 1
+            unit = torch.zeros_like(first)
+            unit.view(-1)[0] = 1.0
+            (coupled,) = torch.autograd.grad((grad * unit).sum(), first, allow_unused=True)
+        except RuntimeError:  # no double backward: count elements
+            return 1
+    if coupled is None:
+        return 1
+    count = int((coupled != 0).sum())
+    return count if count > 1 and targets[:1].numel() % count == 0 else 1
 
 
 def check_loss(loss_fn: Any, outputs: Tensor, targets: Any, which: str,

@@ -49,7 +49,8 @@ def measure_lnp(
         generator: the probes' random generator; the global RNG is never drawn from. Default: a
             freshly, non-deterministically seeded generator.
         units_a, units_b: loss-reduction units m for the normalized components; default: the number
-            of counted target elements (samples, or tokens for sequence targets).
+            of counted target elements (samples, or tokens for sequence targets; class-probability
+            targets of a cross-entropy or KL loss count one per distribution).
         ignore_index: target value of positions the loss ignores; they are not samples (left out of
             J, so of N, and of m). ``"auto"``: the value a cross-entropy/NLL loss declares, else −100,
             where the loss gradient is zero there; ``None``: every position counts.

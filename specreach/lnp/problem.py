@@ -264,7 +264,7 @@ def batch_outputs(problem: MeasurementProblem, batch: Batch, outputs: Tensor, wh
         output_grad, loss = output_gradient(problem.loss_fn, outputs, batch.targets, which)
     mask = counted_positions(problem.loss_fn, outputs, batch.targets, output_grad, which,
                              problem.ignore_index, batch.loss_mask)
-    units = batch.units if batch.units is not None else units_of(batch.targets, mask, batch.size)
+    units = batch.units if batch.units is not None else units_of(problem.loss_fn, outputs, batch.targets, mask, batch.size)
     return BatchOutputs(outputs, output_grad, loss, mask, units)
 
 
