@@ -188,6 +188,38 @@ def test_mixed_precision_step_gradient_is_recomputed_in_full_precision():
         assert getattr(result, name) == pytest.approx(getattr(full, name), rel=1e-5), name
 
 
+def _stepped(accumulate=False, clip=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    batch_a = (torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,)))
+    batch_b = (torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,)))
+    if accumulate:  # an earlier micro-batch's gradient is still in .grad
+        F.cross_entropy(model(batch_b[0]), batch_b[1]).backward()
+    logits = model(batch_a[0])
+    F.cross_entropy(logits, batch_a[1]).backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return model, batch_a, batch_b, [p.grad for p in model.parameters()], logits
+
+
+@pytest.mark.parametrize("fault", ["clipped", "accumulated"])
+def test_a_step_gradient_that_is_not_the_loss_gradient_is_recomputed(fault):
+    model, batch_a, batch_b, grads, logits = _stepped(accumulate=fault == "accumulated",
+                                                      clip=1e-3 if fault == "clipped" else None)
+    with pytest.warns(UserWarning, match="grad_a is not the gradient of the loss on batch A"):
+        result = measure_lnp_at_step(model, F.cross_entropy, batch_a, batch_b, grad_a=grads, outputs_a=logits)
+    fresh = measure_lnp(model, F.cross_entropy, batch_a, batch_b)
+    assert not result.step_gradient_reused
+    assert result.grad_dot == pytest.approx(fresh.grad_dot, rel=1e-12)
+
+
+def test_the_loss_gradient_itself_is_reused(recwarn):
+    model, batch_a, batch_b, grads, logits = _stepped()
+    result = measure_lnp_at_step(model, F.cross_entropy, batch_a, batch_b, grad_a=grads, outputs_a=logits)
+    assert result.step_gradient_reused and not [w for w in recwarn if "grad_a" in str(w.message)]
+    assert result.grad_dot == pytest.approx(measure_lnp(model, F.cross_entropy, batch_a, batch_b).grad_dot, rel=1e-12)
+
+
 class BatchCentered(nn.Module):
     """Subtracts the batch mean: samples are coupled, and nothing in the model's types says so."""
 

@@ -12,6 +12,7 @@ and the assembly of the result.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -88,7 +89,6 @@ class PerSampleNormEstimator(Estimator):
         measured here (same outputs): after a step with dropout or in mixed precision it is
         recomputed, so that D, L and N come from one function.
         """
-        params = list(problem.params.values())
         tape = PerSampleNormTape(problem.model, problem.params)
         with torch.enable_grad():
             outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
@@ -97,13 +97,14 @@ class PerSampleNormEstimator(Estimator):
                 output_grad: Tensor | None = None
                 loss_value: float | None = None
                 if step_outputs is None or not same_function(outputs, step_outputs):
-                    loss = loss_of(problem.loss_fn, outputs, batch.targets, which)
-                    output_grad, *grads = torch.autograd.grad(
-                        loss, [outputs, *params], retain_graph=True, allow_unused=True)
-                    gradient = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads))
-                    loss_value = float(loss.detach())
-                    del loss, grads  # the loss's graph (e.g. a log-softmax over the vocabulary) is not needed
+                    gradient, output_grad, loss_value = self._gradient(problem, batch, outputs, which)
                 measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
+                if gradient is None and not step_gradient_fits(tape, outputs, measured.output_grad, problem):
+                    warnings.warn(
+                        "grad_a is not the gradient of the loss on batch A (it was clipped, scaled, or accumulated "
+                        "over several batches?): A's own gradient was computed instead. Measure after "
+                        "loss.backward() and before clipping or accumulating.", stacklevel=4)
+                    gradient = self._gradient(problem, batch, outputs, which)[0]
                 tape.output_mask = measured.mask
                 chi_net = self.chi_net(tape, outputs, problem)
                 paths = tape.paths
@@ -111,6 +112,42 @@ class PerSampleNormEstimator(Estimator):
                 tape.clear()
         return _BatchMeasurement(measured.loss, squared_norm(measured.output_grad), measured.units, chi_net,
                                  gradient, paths)
+
+
+    @staticmethod
+    def _gradient(problem: MeasurementProblem, batch: Batch, outputs: Tensor,
+                  which: str) -> tuple[tuple[Tensor, ...], Tensor, float]:
+        """∇_θ L of the batch, g = ∂L/∂f and L, by one backward of the recorded forward (kept for the probes)."""
+        params = list(problem.params.values())
+        loss = loss_of(problem.loss_fn, outputs, batch.targets, which)
+        output_grad, *grads = torch.autograd.grad(loss, [outputs, *params], retain_graph=True, allow_unused=True)
+        # The loss's graph (e.g. a log-softmax over the vocabulary) goes with this frame.
+        return tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)), output_grad, float(loss.detach())
+
+
+def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Tensor,
+                       problem: MeasurementProblem) -> bool:
+    """Whether the training step's gradient is ∇L_A, as far as a linear readout shows.
+
+    Its weight's gradient has a closed form, G = Σ_t g_t (c·a_t)ᵀ over every sample and position, from
+    what the measurement has anyway: a clipped, rescaled or accumulated gradient differs from it.
+    Compared along two fixed random directions v (G v = gᵀ(a v): no vocabulary-sized product).
+    Without a linear readout there is nothing cheap to compare, and the step's gradient is trusted.
+    """
+    readout = tape.linear_readout(outputs)
+    assert problem.grad_a is not None
+    if readout is None or not readout.module.weight.requires_grad:
+        return True
+    index = list(problem.params).index(readout.param_names[id(readout.module.weight)])
+    with torch.no_grad():
+        width = readout.module.in_features
+        generator = torch.Generator(device=outputs.device).manual_seed(0)
+        directions = torch.randn(width, 2, generator=generator, device=outputs.device, dtype=outputs.dtype)
+        g = output_grad.reshape(-1, readout.module.out_features)
+        a = readout.input.reshape(-1, width)
+        expected = (g.T @ (a @ directions) * readout.scale).double()
+        given = (problem.grad_a[index].to(directions.dtype) @ directions).double()
+        return bool(torch.linalg.vector_norm(given - expected) <= 1e-3 * torch.linalg.vector_norm(expected) + 1e-30)
 
 
 @dataclass(frozen=True)
