@@ -126,10 +126,18 @@ def test_at_step_reuses_the_training_gradient(float64):
     fresh = measure_lnp(model, loss_fn, batch_a, batch_b)
     for name in ("grad_dot", "loss_magnitude", "network_magnitude", "spectral_position"):
         assert getattr(reused, name) == pytest.approx(getattr(fresh, name), rel=1e-12)
-    # The gradient given is the one used: a scaled gradient scales D.
-    doubled = measure_lnp_at_step(model, loss_fn, batch_a, batch_b, grad_a={k: 2 * g for k, g in grad_a.items()},
-                                  outputs_a=logits)
-    assert doubled.grad_dot == pytest.approx(2 * fresh.grad_dot, rel=1e-12)
+    # The gradient given is the one used: doubling a layer's share below the readout (which the
+    # readout's closed-form check cannot see) adds that layer's part of D once more.
+    readout = list(model.modules())[-1]
+    below = {name for name, p in model.named_parameters() if all(p is not q for q in readout.parameters())}
+    assert below
+    doubled = measure_lnp_at_step(
+        model, loss_fn, batch_a, batch_b, outputs_a=logits,
+        grad_a={k: 2 * g if k in below else g for k, g in grad_a.items()})
+    model.zero_grad()
+    loss_fn(model(batch_b[0]), batch_b[1]).backward()
+    share_below = sum(float((grad_a[k] * p.grad).sum()) for k, p in model.named_parameters() if k in below)
+    assert doubled.grad_dot == pytest.approx(fresh.grad_dot + share_below, rel=1e-10)
     assert reused.step_gradient_reused and doubled.step_gradient_reused and not fresh.step_gradient_reused
 
 

@@ -113,7 +113,7 @@ def _elements_per_unit(loss_fn: Any, outputs: Tensor, targets: Tensor) -> int:
             (coupled,) = torch.autograd.grad((grad * unit).sum(), first, allow_unused=True)
         except RuntimeError:  # no double backward: count elements
             return 1
-    if coupled is None:
+    if coupled is None or not bool(torch.isfinite(coupled).all()):  # no (finite) second derivative there
         return 1
     count = int((coupled != 0).sum())
     return count if count > 1 and targets[:1].numel() % count == 0 else 1
