@@ -136,6 +136,14 @@ def test_ignored_positions_are_not_samples(float64):
     assert masked.network_magnitude == pytest.approx(result.network_magnitude, rel=1e-12)
 
 
+def test_ignored_targets_that_do_not_line_up_with_the_outputs_are_refused(float64):
+    """Classes in dim 1 ((batch, classes, tokens)): the ignored positions cannot be left out of the
+    outputs by a mask over their leading dims, so the measurement refuses and names the layout to use."""
+    model, _, batch_a, batch_b, _, _ = user_models.padded_lm_ignored_targets()
+    with pytest.raises(ValueError, match=r"targets of shape \(3, 5\) do not line up .* positions leading"):
+        measure_lnp(user_models.ClassesInDim1(), F.cross_entropy, batch_a, batch_b)
+
+
 def test_a_mask_that_hides_used_positions_is_refused(float64):
     model, loss_fn, batch_a, _, _, _ = user_models.build("nanogpt_tied")
     mask = torch.ones_like(batch_a[1], dtype=torch.bool)

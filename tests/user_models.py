@@ -382,6 +382,33 @@ def padded_lm_ignored_targets():
     return model, token_loss, batches[0], batches[1], masks[0], masks[1]
 
 
+class ClassesInDim1(nn.Module):
+    """Logits in PyTorch's cross-entropy layout for sequences, (batch, classes, tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lm = PaddedLM()
+
+    def forward(self, tokens):
+        return self.lm(tokens).transpose(1, 2)
+
+
+def classes_in_dim_1():
+    """Every target counted: the outputs need no mask, whatever their layout."""
+    a, b = _tokens(3, low=1), _tokens(2, low=1)
+    return ClassesInDim1(), F.cross_entropy, (a, a.roll(-1, 1)), (b, b.roll(-1, 1)), None, None
+
+
+def classes_last_loss_transposes():
+    """Ignored targets with the layout the refusal below asks for: the loss moves the class dim."""
+    model, _, batch_a, batch_b, mask_a, mask_b = padded_lm_ignored_targets()
+    return model, transposing_cross_entropy, batch_a, batch_b, mask_a, mask_b
+
+
+def transposing_cross_entropy(logits, targets):
+    return F.cross_entropy(logits.transpose(1, 2), targets)
+
+
 def padding_idx_counted():
     """Padding tokens in the inputs, every target counted: only the embedding row's gradient matters."""
     model = PaddedLM()
@@ -518,6 +545,8 @@ CASES = {
     "vit_more_classes_than_width": vit_more_classes_than_width,
     "padded_lm_ignored_targets": padded_lm_ignored_targets,
     "padding_idx_counted": padding_idx_counted,
+    "classes_in_dim_1": classes_in_dim_1,
+    "classes_last_loss_transposes": classes_last_loss_transposes,
     "sparse_embedding": sparse_embedding,
     "hooked_output": hooked_output,
     "activation_checkpointing": activation_checkpointing,

@@ -57,11 +57,14 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
     else:
         explicit, value = True, ignore_index
     if not _is_prefix(targets.shape, outputs.shape):
-        if explicit:
+        if explicit or _ignores_unaligned(output_grad, targets, value):
             raise ValueError(
                 f"batch {which}: targets of shape {tuple(targets.shape)} do not line up with outputs of shape "
-                f"{tuple(outputs.shape)} (their shape must be a prefix of the outputs'), so ignore_index cannot "
-                "say which outputs to leave out; pass loss_mask_a / loss_mask_b over the outputs' leading dims"
+                f"{tuple(outputs.shape)} (their shape must be a prefix of the outputs'), so the positions whose "
+                f"target is {value} cannot be left out of the outputs; return the outputs with positions leading "
+                "and classes last, e.g. (batch, tokens, classes), and let the loss move the class dimension "
+                "(F.cross_entropy(outputs.transpose(1, 2), targets)); or pass loss_mask_a / loss_mask_b over "
+                "the outputs' leading dims"
             )
         return None
     ignored = torch.eq(targets, value)
@@ -75,6 +78,22 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
         if not bool(ignored.any()):
             return None
     return ~ignored
+
+
+def _ignores_unaligned(output_grad: Tensor, targets: Tensor, value: int) -> bool:
+    """Whether targets that do not line up with the outputs hold positions the loss ignores.
+
+    PyTorch's cross-entropy layout, classes in dim 1 ((batch, classes, tokens), a segmentation's
+    (batch, classes, H, W)), is checked through the loss gradient; any other layout holding the
+    ignore value is taken to be ignored, since it cannot be checked.
+    """
+    ignored = torch.eq(targets, value)
+    if not bool(ignored.any()):
+        return False
+    if output_grad.dim() >= 2 and tuple(targets.shape) == (output_grad.shape[0], *output_grad.shape[2:]):
+        zero_grad = output_grad.movedim(1, -1).eq(0).all(dim=-1)
+        return bool((ignored & zero_grad).any())
+    return True
 
 
 def units_of(loss_fn: Any, outputs: Tensor, targets: Any, mask: Tensor | None, batch_size: int) -> int:
