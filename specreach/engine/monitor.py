@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from specreach.engine.schedule import measurement_steps
 from specreach.engine.sinks import Sink, as_sink
 from specreach.lnp.measure import measure_lnp_at_step
-from specreach.lnp.problem import call_model, evaluation_mode, full_precision
+from specreach.lnp.problem import call_model, evaluation_mode, full_precision, upcast
 from specreach.lnp.result import LNPResult
 from specreach.spec import LogWindows
 
@@ -143,7 +143,7 @@ class LNPMonitor:
             # The measured function: eval mode, full precision (loss_b was taken on it too).
             with torch.no_grad(), torch.random.fork_rng(devices=[]), evaluation_mode(self.model), \
                     full_precision(self.model):
-                after = float(self.loss_fn(call_model(self.model, batch_b[0]), batch_b[1]))
+                after = float(self.loss_fn(call_model(self.model, upcast(batch_b[0])), upcast(batch_b[1])))
             self._pending["loss_b_after"] = after
             self._pending["delta_loss_b"] = after - self._pending["loss_b"]
         self._write_pending()

@@ -62,7 +62,8 @@ def measure_lnp(
         estimator_options: the estimator's own parameters (validated by its ``Params`` model).
 
     The measured function is the model in eval mode (dropout off) at full precision (autocast
-    off): D, L and N come from one deterministic function. Models whose samples are coupled
+    off; float16/bfloat16 weights, inputs and targets in float32): D, L and N come from one
+    deterministic function. Models whose samples are coupled
     (BatchNorm on batch statistics) and summed losses are refused.
 
     The model comes back as it was: parameters, buffers, ``.grad``, train/eval mode, hooks and

@@ -129,14 +129,43 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             module.inplace = True
 
 
+#: Dtypes too coarse to measure in: per-sample norms and D came out 7 % (float16) to 34 % (bfloat16)
+#: off on a small MLP. Parameters and buffers in them are measured in float32.
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
 @contextlib.contextmanager
 def full_precision(model: nn.Module) -> Iterator[None]:
-    """Autocast off: mixed precision is for training; the measurement runs in the parameters' dtype."""
+    """Autocast off, and half-precision parameters and buffers in float32 while measuring.
+
+    Mixed precision is for training. A model kept in float16/bfloat16 is measured as the same
+    values in float32 (exact: every half-precision number is a float32 one): each tensor's data is
+    swapped for a float32 copy and swapped back afterwards, so tied weights, hooks and the
+    optimizer's references are untouched. Inputs and targets follow (see :func:`upcast`).
+    """
     device_types = {p.device.type for p in model.parameters()} | {"cpu"}
+    swapped = [(t, t.data) for t in (*model.parameters(), *model.buffers()) if t.dtype in HALF_PRECISION]
     with contextlib.ExitStack() as stack:
         for device_type in device_types:
             stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-        yield
+        try:
+            for tensor, data in swapped:
+                tensor.data = data.float()
+            yield
+        finally:
+            for tensor, data in swapped:
+                tensor.data = data
+
+
+def upcast(values: Any) -> Any:
+    """Half-precision tensors in ``values`` (any nesting) as float32; everything else as it is."""
+    if isinstance(values, Tensor):
+        return values.float() if values.dtype in HALF_PRECISION else values
+    if isinstance(values, dict):
+        return {key: upcast(value) for key, value in values.items()}
+    if isinstance(values, (tuple, list)):
+        return type(values)(upcast(value) for value in values)
+    return values
 
 
 def make_batch(batch: Any, which: str, units: int | None, loss_mask: Tensor | None = None) -> Batch:
@@ -148,7 +177,7 @@ def make_batch(batch: Any, which: str, units: int | None, loss_mask: Tensor | No
         raise ValueError(f"batch_{which} is empty: it has no samples to measure")
     if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units < 1):
         raise ValueError(f"units_{which} must be a positive count of loss-reduction units, got {units!r}")
-    return Batch(inputs, targets, units, loss_mask)
+    return Batch(upcast(inputs), upcast(targets), units, loss_mask)
 
 
 def batch_size(inputs: Any) -> int:
