@@ -131,7 +131,9 @@ def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Te
 
     Its weight's gradient has a closed form, G = Σ_t g_t (c·a_t)ᵀ over every sample and position, from
     what the measurement has anyway: a clipped, rescaled or accumulated gradient differs from it.
-    Compared along two fixed random directions v (G v = gᵀ(a v): no vocabulary-sized product).
+    Compared along two fixed random directions v (G v = gᵀ(a v): no vocabulary-sized product), to
+    0.5 %: TF32 matmuls on a GPU round both sides at about 1e-3, and a gradient clipped by less
+    than that changes D by less.
     Without a linear readout there is nothing cheap to compare, and the step's gradient is trusted.
     """
     readout = tape.linear_readout(outputs)
@@ -147,7 +149,7 @@ def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Te
         a = readout.input.reshape(-1, width)
         expected = (g.T @ (a @ directions) * readout.scale).double()
         given = (problem.grad_a[index].to(directions.dtype) @ directions).double()
-        return bool(torch.linalg.vector_norm(given - expected) <= 1e-3 * torch.linalg.vector_norm(expected) + 1e-30)
+        return bool(torch.linalg.vector_norm(given - expected) <= 5e-3 * torch.linalg.vector_norm(expected) + 1e-30)
 
 
 @dataclass(frozen=True)
