@@ -356,6 +356,28 @@ def test_embeddings_that_couple_or_change_are_refused(options, message):
         measure_lnp(model, F.cross_entropy, batch)
 
 
+@pytest.mark.parametrize("estimator", ["exact", "hutchinson", "entk"])
+def test_a_functional_embedding_that_renormalizes_its_weight_is_refused(estimator):
+    """``F.embedding(..., max_norm=...)`` rescales the table in place during the forward."""
+
+    class Renormalizing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(3 * torch.randn(7, 4))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, tokens):
+            return self.head(F.embedding(tokens, self.table, max_norm=1.0).sum(1))
+
+    model = Renormalizing()
+    before = model.table.detach().clone()
+    batch = (torch.randint(0, 7, (4, 2)), torch.randint(0, 3, (4,)))
+    with pytest.raises(ValueError, match="max_norm"):
+        measure_lnp(model, F.cross_entropy, batch, estimator=estimator)
+    if estimator != "entk":  # refused before the forward ran: the model is as it was
+        assert torch.equal(model.table, before)
+
+
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # entk's forward without grad
 @pytest.mark.parametrize("estimator", ["exact", "hutchinson", "entk"])
 def test_reentrant_activation_checkpointing_is_a_clear_error(estimator):

@@ -202,6 +202,12 @@ class _ParameterUses(TorchFunctionMode):
                 operands.extend((pid, position, False, derived) for pid in sorted(pids))
             elif key in recorder.batch_data:
                 batched = True
+        if func is F.embedding and operands and _renorms(args, kwargs):
+            raise ValueError(
+                "F.embedding(..., max_norm=...) on a trainable parameter rescales the weight rows in place "
+                "during the forward, so measuring would change the model; renormalize outside the forward, "
+                "or call it with max_norm=None"
+            )
         output = func(*args, **kwargs)
         if batched:  # computed from the batch: so is whatever it returns
             recorder.note_batch_data(output)
@@ -209,6 +215,12 @@ class _ParameterUses(TorchFunctionMode):
         if operands:
             recorder.note_op(func, args, kwargs, output, operands, batched)
         return output
+
+
+def _renorms(args: tuple, kwargs: dict) -> bool:
+    """Whether an ``F.embedding`` call renormalizes its weight (``max_norm``, its fourth argument)."""
+    max_norm = kwargs.get("max_norm", args[3] if len(args) > 3 else None)
+    return max_norm is not None
 
 
 class ForwardRecorder:

@@ -314,9 +314,15 @@ def gradient_dot(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> float:
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
-    """Measuring leaves no trace: global RNG states and buffers (e.g. BatchNorm statistics) are restored."""
+    """Measuring leaves no trace: global RNG states and buffers (e.g. BatchNorm statistics) are restored.
+
+    Parameters are not copied (that would double the model's memory): a forward that changes one
+    in place (``F.embedding(..., max_norm=...)``) is refused by the forward recorder before it runs,
+    and caught here, by the parameter's version counter, where no recorder ran (``entk``).
+    """
     devices = sorted({b.device.index or 0 for b in [*model.parameters(), *model.buffers()] if b.device.type == "cuda"})
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    versions = [(name, p, p._version) for name, p in model.named_parameters()]
     with torch.random.fork_rng(devices=devices):
         try:
             yield
@@ -324,3 +330,10 @@ def untouched(model: nn.Module) -> Iterator[None]:
             with torch.no_grad():
                 for buffer, saved in buffers:
                     buffer.copy_(saved)
+    changed = [name for name, p, version in versions if p._version != version]
+    if changed:
+        raise ValueError(
+            f"the model's forward modified the parameters {changed[:5]} in place while measuring (e.g. "
+            "F.embedding(..., max_norm=...)), so the model has changed and the measurement is of no one "
+            "function; make the forward leave its parameters alone"
+        )
