@@ -2,9 +2,7 @@
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ import urllib.request
 import pytest
 import torch
 
-from engine_helpers import TINY_SPEC, write_spec
+from engine_helpers import TINY_SPEC, cli, free_port, start_mlflow_server, stop_process_group, write_spec
 from specreach import Engine, LNPMonitor, load_spec
 from specreach.engine import MlflowSink, MonitorConfig, TableSink
 from specreach.engine.metrics_table import read_table
@@ -22,17 +20,6 @@ from specreach.tracking import metric_history, read_runs
 
 COMPONENTS = ["spectral_position", "loss_magnitude", "network_magnitude", "loss_magnitude_normalized",
               "network_magnitude_normalized"]
-
-
-def cli(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "specreach.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measured_steps(rows):
@@ -157,27 +144,9 @@ def test_unreachable_tracking_server_still_leaves_the_metrics_table(tmp_path):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--default-artifact-root", (tmp_path / "server-artifacts").as_uri(), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        os.killpg(server.pid, signal.SIGTERM)
-        pytest.fail("mlflow server did not start")
+    server, url = start_mlflow_server(tmp_path, free_port())
     yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    stop_process_group(server)
 
 
 @pytest.mark.slow

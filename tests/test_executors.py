@@ -5,7 +5,6 @@ an uninterrupted run in this process."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import shutil
@@ -15,16 +14,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import types
 from pathlib import Path
 
 import pytest
 
-from engine_helpers import TINY_SPEC, write_spec
+from engine_helpers import (
+    TINY_SPEC, assert_same_tables, cli, free_port, start_cli, wait_until, write_spec,
+)
+from engine_helpers import table_rows as rows
 from specreach.config import SpecError, load_spec
 from specreach.engine.executors import Executor, Plan
-from specreach.engine.metrics_table import read_table
 from specreach.engine.runs import RunResult, TrackingTarget, expand
 from specreach.plugins import get_plugin_manager, hookimpl
 from specreach.tracking import metric_history, read_runs
@@ -35,48 +35,11 @@ LONG = {**TINY_SPEC, "model": {**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8
         "train": {**TINY_SPEC["train"], "steps": 60, "checkpoint_every": 10, "threads": 1}}
 
 
-def cli(*args, timeout=600, env=None):
-    return subprocess.run([sys.executable, "-m", "specreach.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def start_cli(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "specreach.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-
-
-def assert_same_tables(got_path: Path, expected_path: Path) -> None:
-    got, expected = read_table(got_path), read_table(expected_path)
-    assert len(got) == len(expected), (len(got), len(expected))
-    for row_got, row_expected in zip(got, expected):
-        for key, value in row_expected.items():
-            if isinstance(value, float) and math.isnan(value):
-                assert math.isnan(row_got[key]), key
-            else:
-                assert row_got[key] == value, (row_expected["step"], key, row_got[key], value)
-
-
-def wait_until(condition, timeout=300, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def status_of(folder: Path) -> dict:
     try:
         return json.loads((folder / "status.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-def rows(folder: Path) -> int:
-    try:
-        return len(read_table(folder / "metrics.csv"))
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +250,6 @@ def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_p
 
 
 # --- a Ray cluster -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
