@@ -16,6 +16,10 @@ On ``benchmarks/lnp_cost.py``'s Llama (batch 32, context 128), in one process:
      ‖Gᵢw‖² with one Rademacher w (cost T·(d_in+d_out) instead of T·d_in·d_out) adds
      2(‖GᵢᵀGᵢ‖² − Σ diag²) per layer and sample; printed as a multiple of the probe variance
      (m sketches divide it by m).
+3. Where that variance comes from, per top-level group of parameters (the embedding, each block):
+   the group's share of χ_net (without the readout's exact share) and how much of the probe
+   variance would remain if that group's share were known exactly (its own variance and its
+   covariances with the others removed). A variance reduction pays where this is small.
 
     python benchmarks/probe_floor.py [--train-steps 30] [--probes 64] [--repeats 5]
 
@@ -115,16 +119,26 @@ def main() -> None:
         print(f"{name:<52} {seconds:8.3f} {seconds / t_step:7.2f}")
 
     # 2. Per-probe spread of χ_net (the final norm's own gain left out of both placements).
-    def chi_net_draws(start, draw_vectors) -> torch.Tensor:
+    by_group: dict[str, list[float]] = {}  # per top-level group, each head-input probe's share
+
+    def chi_net_draws(start, draw_vectors, record_groups: bool = False) -> torch.Tensor:
         draws = []
         for _ in range(args.probes):
             norms = tape.squared_norms(start, draw_vectors(), skip=readout)
             norms.pop("norm.weight", None)
             draws.append(torch.stack([value.double().sum() for value in norms.values()]).sum())
+            if record_groups:
+                shares: dict[str, float] = {}
+                for name, value in norms.items():
+                    group = ".".join(name.split(".")[:2]) if name.startswith("layers.") else name.split(".")[0]
+                    shares[group] = shares.get(group, 0.0) + float(value.double().sum())
+                for group, share in shares.items():
+                    by_group.setdefault(group, []).append(share)
         return torch.stack(draws)
 
     mixing = readout.input_mixing()
-    at_head = chi_net_draws(readout.input, lambda: rademacher(accumulator.probe_shape, generator, outputs) @ mixing)
+    at_head = chi_net_draws(readout.input, lambda: rademacher(accumulator.probe_shape, generator, outputs) @ mixing,
+                            record_groups=True)
     norm_input = next(call for call in tape.recorder.calls if call.path == "norm").args[0]
     whitening = rms_norm_whitening(model.norm, norm_input, mixing.double().T @ mixing.double())
     at_norm = chi_net_draws(
@@ -153,6 +167,13 @@ def main() -> None:
     ratio = statistics.fmean(sketch_variances) / float(at_head.var())
     print(f"parameter-side sketch (one w per layer and sample): adds {ratio:.2f}× the probe variance; "
           f"with m sketches {ratio:.2f}/m")
+
+    print("\nwhere the probe variance comes from (probes at the head's input)")
+    print(f"{'group':<22} {'share of χ_net':>15} {'variance left if exact':>23}")
+    for group, shares in by_group.items():
+        rest = at_head - torch.tensor(shares, dtype=torch.float64)
+        print(f"{group:<22} {float(torch.tensor(shares).mean() / at_head.mean()):15.3f} "
+              f"{float(rest.var() / at_head.var()):23.3f}")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,14 @@ def test_auto_device_trains_on_the_gpu_and_bf16_measures_like_fp32(tmp_path):
     row = table[table["step"] == 0].iloc[0]
     assert row["spectral_position"] == pytest.approx(reference.spectral_position, rel=1e-5)
     assert row["network_magnitude"] == pytest.approx(reference.network_magnitude, rel=1e-5)
+
+
+def test_loss_gradient_norm_is_accumulated_in_float64_across_chunks():
+    from specreach.lnp.problem import squared_norm
+
+    # 3.5 chunks of float32 entries spanning six orders of magnitude: a float32 sum would lose the small ones.
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(3 * 1024 + 512, generator=generator) * torch.logspace(-3, 3, 3 * 1024 + 512)
+    reference = float(values.double().square().sum())
+    assert squared_norm(values, chunk=1024) == pytest.approx(reference, rel=1e-14)
+    assert squared_norm(values.reshape(7, -1)) == pytest.approx(reference, rel=1e-14)
