@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 import warnings
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--skip-straightforward", action="store_true")
     parser.add_argument("--skip-tied", action="store_true")
     parser.add_argument("--params", choices=["15.5m", "134m"], default="15.5m", help="size at --paper-scale")
-    parser.add_argument("--rse-repeats", type=int, default=12, help="independent measurements for the figure of merit")
+    parser.add_argument("--rse-repeats", type=int, default=40, help="independent measurements for the figure of merit")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
@@ -198,7 +199,11 @@ def main() -> None:
     n_params = sum(p.numel() for p in params)
     print(f"model: Llama {config.layers}×{config.hidden}, FF {config.ff}, {config.heads} heads, vocab {config.vocab}, "
           f"{n_params / 1e6:.2f}M parameters; batch {batch}, context {context}; {device}; K = {args.probes}")
+    # Timing the step takes optimizer steps; every measurement below is of the initial weights, so
+    # that the figure of merit does not depend on --repeats.
+    initial = copy.deepcopy(model.state_dict())
     t_step = timed(training_step, args.repeats, device)
+    model.load_state_dict(initial)
     one_probe_setup()
     t_probe = timed(one_probe, args.repeats, device)
     state.clear()
@@ -260,8 +265,10 @@ def main() -> None:
     for name, attribute in (("N", "network_magnitude"), ("P", "spectral_position")):
         values = [getattr(r, attribute) for r in repeats]
         spread = statistics.stdev(values) / abs(statistics.fmean(values))
+        # The SD of m draws is itself uncertain by about 1/√(2(m−1)), its square twice that.
+        uncertainty = 2 / math.sqrt(2 * (len(values) - 1))
         print(f"{name}: relative SD over {len(values)} independent measurements {spread:.2%}; compute to 1 % "
-              f"relative error: {cost * (spread / 0.01) ** 2:.2f} training steps")
+              f"relative error: {cost * (spread / 0.01) ** 2:.2f} training steps (± {uncertainty:.0%})")
 
     result = state["result"]
     print(f"last measurement: P = {result.spectral_position:.3e} ± {result.spectral_position_stderr:.1e}, "
