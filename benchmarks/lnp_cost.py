@@ -181,7 +181,7 @@ def main() -> None:
         state["accumulator"] = ProbeAccumulator(tape, outputs)
 
     def one_probe():
-        state["accumulator"].add_rademacher(generator)
+        state["accumulator"].add_random(generator)
         sync(device)
 
     def step_gradient():

@@ -8,7 +8,8 @@ On ``benchmarks/lnp_cost.py``'s Llama (batch 32, context 128), in one process:
    gradient plus T·d_in·d_out (or T²·d_out) per linear layer: this is the floor a faster probe
    has to beat.
 2. Per-probe relative SD of χ_net (the batch sum; K probes give it / √K):
-   - as measured today: probes at the head's input with covariance c²WᵀW;
+   - probes at the head's input with covariance c²WᵀW, plain Rademacher and reflected over
+     positions (the default, ``specreach.lnp.probes.position_reflection``);
    - probes moved one position-wise layer lower, to the final RMSNorm's input, each position
      whitened by its own covariance JₜᵀWᵀWJₜ (the norm's Jacobian Jₜ): the same expectation with
      the position-wise part of the variance removed (the norm's own gain is left out of both);
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from specreach.lnp.per_sample_norms import PerSampleNormTape
-from specreach.lnp.probes import ProbeAccumulator, rademacher
+from specreach.lnp.probes import ProbeAccumulator, position_reflection, rademacher
 from specreach.models.llama import Llama, LlamaConfig
 
 
@@ -137,8 +138,15 @@ def main() -> None:
         return torch.stack(draws)
 
     mixing = readout.input_mixing()
-    at_head = chi_net_draws(readout.input, lambda: rademacher(accumulator.probe_shape, generator, outputs) @ mixing,
-                            record_groups=True)
+    at_head = chi_net_draws(readout.input, lambda: rademacher(accumulator.probe_shape, generator, outputs) @ mixing)
+    v = position_reflection(accumulator.probe_shape, outputs)
+    assert v is not None
+
+    def reflected_draw() -> torch.Tensor:
+        z = rademacher(accumulator.probe_shape, generator, outputs)
+        return (z - 2 * v * (v * z).sum(dim=1, keepdim=True)) @ mixing
+
+    at_head_reflected = chi_net_draws(readout.input, reflected_draw, record_groups=True)
     norm_input = next(call for call in tape.recorder.calls if call.path == "norm").args[0]
     whitening = rms_norm_whitening(model.norm, norm_input, mixing.double().T @ mixing.double())
     at_norm = chi_net_draws(
@@ -161,19 +169,20 @@ def main() -> None:
         sketch_variances.append(float(added))
 
     print(f"\nχ_net over {args.probes} probes (per-probe relative SD; K probes: / √K)")
-    for name, draws in (("probes at the head's input (today)", at_head),
+    for name, draws in (("probes at the head's input, plain Rademacher", at_head),
+                        ("probes at the head's input, reflected over positions (default)", at_head_reflected),
                         ("probes at the final norm's input, whitened per position", at_norm)):
-        print(f"{name:<60} mean {float(draws.mean()):.4e}  relative SD {float(draws.std() / draws.mean()):.4f}")
+        print(f"{name:<64} mean {float(draws.mean()):.4e}  relative SD {float(draws.std() / draws.mean()):.4f}")
     ratio = statistics.fmean(sketch_variances) / float(at_head.var())
     print(f"parameter-side sketch (one w per layer and sample): adds {ratio:.2f}× the probe variance; "
           f"with m sketches {ratio:.2f}/m")
 
-    print("\nwhere the probe variance comes from (probes at the head's input)")
+    print("\nwhere the probe variance comes from (probes at the head's input, reflected)")
     print(f"{'group':<22} {'share of χ_net':>15} {'variance left if exact':>23}")
     for group, shares in by_group.items():
-        rest = at_head - torch.tensor(shares, dtype=torch.float64)
-        print(f"{group:<22} {float(torch.tensor(shares).mean() / at_head.mean()):15.3f} "
-              f"{float(rest.var() / at_head.var()):23.3f}")
+        rest = at_head_reflected - torch.tensor(shares, dtype=torch.float64)
+        print(f"{group:<22} {float(torch.tensor(shares).mean() / at_head_reflected.mean()):15.3f} "
+              f"{float(rest.var() / at_head_reflected.var()):23.3f}")
 
 
 if __name__ == "__main__":

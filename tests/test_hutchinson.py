@@ -108,3 +108,57 @@ def test_adaptive_probes_stop_at_the_target_error(float64):
     assert capped.extras["probes_a"] == 5
     plain = measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=3)
     assert plain.extras["probes_a"] == 3
+
+
+class SharedBias(torch.nn.Module):
+    """f_t = x_t + b at every position t: b's per-sample kernel is T·(u uᵀ) ⊗ I, all of it along the
+    constant-over-positions direction u."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return x + self.bias
+
+
+def test_reflected_probes_are_an_orthonormal_basis_with_the_constant_direction():
+    from specreach.lnp.probes import position_reflection
+
+    positions = 7
+    v = position_reflection(torch.Size([3, positions, 4]), torch.zeros((), dtype=torch.float64))
+    reflection = torch.eye(positions, dtype=torch.float64) - 2 * v.reshape(-1, 1) @ v.reshape(1, -1)
+    assert torch.allclose(reflection.T @ reflection, torch.eye(positions, dtype=torch.float64), atol=1e-14)
+    assert torch.allclose(reflection[:, 0], torch.full((positions,), positions ** -0.5, dtype=torch.float64))
+    assert position_reflection(torch.Size([3, 4]), torch.zeros(())) is None  # no positions
+    assert position_reflection(torch.Size([3, 1, 4]), torch.zeros(())) is None
+
+
+def test_reflection_takes_the_constant_over_positions_part_out_of_the_variance(float64):
+    """A bias shared by every position: reflected probes measure its χ_net exactly (zero spread), plain
+    Rademacher probes do not; both are unbiased."""
+    n, positions, width = 4, 6, 3
+    inputs = torch.randn(n, positions, width)
+    batch = (inputs, torch.randn(n, positions, width))
+    truth = n * positions * width  # ‖∂f_i/∂b‖_F² = T·width per sample
+    reflected = measure_lnp(SharedBias(width), torch.nn.functional.mse_loss, batch, estimator="hutchinson",
+                            probes=4, generator=torch.Generator().manual_seed(0))
+    assert reflected.chi_net_a == pytest.approx(truth, rel=1e-12)
+    assert reflected.chi_net_a_stderr == pytest.approx(0.0, abs=1e-9)
+    plain = [measure_lnp(SharedBias(width), torch.nn.functional.mse_loss, batch, estimator="hutchinson", probes=4,
+                         positions="independent", generator=torch.Generator().manual_seed(seed))
+             for seed in range(200)]
+    estimates = [r.chi_net_a for r in plain]
+    assert statistics.stdev(estimates) > 0.1 * truth
+    assert abs(statistics.fmean(estimates) - truth) < 4 * statistics.stdev(estimates) / len(estimates) ** 0.5
+
+
+@pytest.mark.parametrize("positions", ["reflected", "independent"])
+def test_both_probe_designs_are_unbiased_on_a_language_model(float64, positions):
+    model, loss_fn, batch_a, _ = cases.build("llama")
+    exact = measure_lnp(model, loss_fn, batch_a, estimator="exact").chi_net_a
+    generator = torch.Generator().manual_seed(3)
+    runs = [measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=4, positions=positions,
+                        generator=generator) for _ in range(150)]
+    estimates = [r.chi_net_a for r in runs]
+    assert abs(statistics.fmean(estimates) - exact) < 4 * statistics.stdev(estimates) / len(estimates) ** 0.5

@@ -11,7 +11,9 @@ widened by t_ν/z with ν the Welch–Satterthwaite degrees of freedom: ±2 SE c
 
 For a language model the output layer's share of χ_net is computed exactly and the probes
 are drawn in the head's input space (``specreach.lnp.probes``), so only the layers below the
-head carry probe noise.
+head carry probe noise; each sample's probe is reflected over positions
+(:func:`~specreach.lnp.probes.position_reflection`, option ``positions``), so that the kernel's
+constant-over-positions part carries none.
 
 Adaptive K (``target_rse``): after K probes, more are drawn until χ_net's relative standard error
 reaches the target or ``max_probes``; ``result.extras`` reports ``probes_a`` and ``probes_b``.
@@ -41,14 +43,15 @@ class Hutchinson(PerSampleNormEstimator):
     uses_probes = True
 
     def chi_net(self, tape: PerSampleNormTape, outputs: Tensor, problem: MeasurementProblem) -> ChiNet:
-        accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact")
+        accumulator = ProbeAccumulator(tape, outputs, readout=self.params.readout == "exact",
+                                       reflect_positions=self.params.positions == "reflected")
         for _ in range(self.params.probes):
-            accumulator.add_rademacher(problem.generator)
+            accumulator.add_random(problem.generator)
         chi_net = accumulator.averaged()
         target = self.params.target_rse
         if target is None:
             return chi_net
         while len(accumulator.per_probe) < self.params.max_probes and not chi_net.stderr <= target * chi_net.value:
-            accumulator.add_rademacher(problem.generator)
+            accumulator.add_random(problem.generator)
             chi_net = accumulator.averaged()
         return chi_net

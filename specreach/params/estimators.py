@@ -30,6 +30,13 @@ class HutchinsonParams(BaseModel):
         description="'exact': a linear readout's share of χ_net in closed form, probes in its input space; "
                     "'probed': plain Hutchinson, probes through the readout too (more variance, as in the paper).",
     )
+    positions: Literal["reflected", "independent"] = Field(
+        "reflected",
+        description="Probes of sequence outputs (batch, positions, features): 'reflected' reflects each sample's "
+                    "Rademacher draw over positions so that the kernel's constant-over-positions part adds no "
+                    "variance (same expectation; about 2× less variance on the Llamas measured); 'independent': "
+                    "plain Rademacher signs at every position.",
+    )
     target_rse: float | None = Field(
         None, gt=0, lt=1,
         description="Adaptive K: after the first `probes` probes, keep drawing until χ_net's relative standard "
