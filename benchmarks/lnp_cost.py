@@ -143,6 +143,9 @@ def main() -> None:
     parser.add_argument("--rse-repeats", type=int, default=40, help="independent measurements for the figure of merit")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="first train this many AdamW steps (lr 3e-3) on random tokens: the probe variance, "
+                             "hence the figure of merit, differs between initial and trained weights")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -164,6 +167,12 @@ def main() -> None:
         x = torch.randint(0, config.vocab, (batch, context + 1), device=device)
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
+    warm_up = torch.optim.AdamW(params, lr=3e-3)
+    for _ in range(args.train_steps):
+        inputs, targets = tokens()
+        warm_up.zero_grad(set_to_none=True)
+        token_cross_entropy(model(inputs), targets).backward()
+        warm_up.step()
     batch_a, batch_b = tokens(), tokens()
     generator = torch.Generator(device=device).manual_seed(0)
     state = {}
@@ -199,8 +208,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in params)
     print(f"model: Llama {config.layers}×{config.hidden}, FF {config.ff}, {config.heads} heads, vocab {config.vocab}, "
           f"{n_params / 1e6:.2f}M parameters; batch {batch}, context {context}; {device}; K = {args.probes}")
-    # Timing the step takes optimizer steps; every measurement below is of the initial weights, so
-    # that the figure of merit does not depend on --repeats.
+    # Timing the step takes optimizer steps; every measurement below is of the weights before it
+    # (initial, or after --train-steps), so that the figure of merit does not depend on --repeats.
     initial = copy.deepcopy(model.state_dict())
     t_step = timed(training_step, args.repeats, device)
     model.load_state_dict(initial)

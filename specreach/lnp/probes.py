@@ -76,7 +76,7 @@ def position_reflection(probe_shape: torch.Size, like: Tensor) -> Tensor | None:
     - H is orthonormal, so E[r rᵀ] = HᵀH = I: still unbiased, samples still independent (each is
       reflected on its own), and the standard error's reasoning unchanged.
     - Measured on Llamas from 8 to 128 wide, on random tokens and on text, at initialization and
-      trained: about 2× less variance per probe (0.84–5.2× over 19 readings; the three below 1
+      trained: about 2× less variance per probe (0.84–5.2× over 22 readings; the three below 1
       within their noise). A full DCT over positions did better on some models and up to 1.5×
       worse on trained text ones: it also turns the single-position axes, where a trained
       model's kernel concentrates (``docs/estimators.md``).
