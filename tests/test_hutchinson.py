@@ -153,12 +153,12 @@ def test_reflection_takes_the_constant_over_positions_part_out_of_the_variance(f
     assert abs(statistics.fmean(estimates) - truth) < 4 * statistics.stdev(estimates) / len(estimates) ** 0.5
 
 
-@pytest.mark.parametrize("positions", ["reflected", "independent"])
-def test_both_probe_designs_are_unbiased_on_a_language_model(float64, positions):
+def test_plain_signs_at_every_position_are_unbiased_too(float64):
+    """positions='independent' (the reflected default is covered by the tests above)."""
     model, loss_fn, batch_a, _ = cases.build("llama")
     exact = measure_lnp(model, loss_fn, batch_a, estimator="exact").chi_net_a
     generator = torch.Generator().manual_seed(3)
-    runs = [measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=4, positions=positions,
+    runs = [measure_lnp(model, loss_fn, batch_a, estimator="hutchinson", probes=4, positions="independent",
                         generator=generator) for _ in range(150)]
     estimates = [r.chi_net_a for r in runs]
     assert abs(statistics.fmean(estimates) - exact) < 4 * statistics.stdev(estimates) / len(estimates) ** 0.5
