@@ -118,6 +118,7 @@ def test_interrupt_and_resume_equal_an_uninterrupted_run(tmp_path):
     assert runs["s-seed0"]["status"] == "FINISHED"
 
 
+@pytest.mark.slow  # about 10 s: keeps the default suite under 5 minutes on 2 cores
 def test_a_nan_run_fails_cleanly_while_its_siblings_finish(tmp_path):
     spec_path = write_spec(tmp_path, train={**TINY_SPEC["train"], "lr_per_size": {"s": 1.0e+30}})
     done = cli("run", spec_path, "--output", tmp_path / "out")

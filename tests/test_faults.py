@@ -207,6 +207,7 @@ get_plugin_manager().register(Plugin(), name="exploding-plugin")
 """
 
 
+@pytest.mark.slow  # about 10 s: keeps the default suite under 5 minutes on 2 cores
 def test_a_sweep_member_failing_at_run_time_fails_only_itself(tmp_path):
     plugin_path = tmp_path / "plugin"
     plugin_path.mkdir()

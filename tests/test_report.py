@@ -163,6 +163,7 @@ def test_probe_ratio_over_seeds(tmp_path):
         assert (tmp_path / "report" / f"{figure}.png").exists()
 
 
+@pytest.mark.slow  # about 10 s: keeps the default suite under 5 minutes on 2 cores
 def test_hutchinson_convergence_from_repeated_draws_on_the_trained_model(tmp_path, monkeypatch):
     """Plain Hutchinson (probes through the head) on the final model: the coefficient of variation
     of independent draws falls like K^−½, and the estimator's own standard error agrees with it."""
