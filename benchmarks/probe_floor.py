@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from specreach.lnp.per_sample_norms import PerSampleNormTape
-from specreach.lnp.probes import ProbeAccumulator, position_reflection, rademacher
+from specreach.lnp.probes import ProbeAccumulator, position_reflection, rademacher, reflect
 from specreach.models.llama import Llama, LlamaConfig
 
 
@@ -142,11 +142,9 @@ def main() -> None:
     v = position_reflection(accumulator.probe_shape, outputs)
     assert v is not None
 
-    def reflected_draw() -> torch.Tensor:
-        z = rademacher(accumulator.probe_shape, generator, outputs)
-        return (z - 2 * v * (v * z).sum(dim=1, keepdim=True)) @ mixing
-
-    at_head_reflected = chi_net_draws(readout.input, reflected_draw, record_groups=True)
+    at_head_reflected = chi_net_draws(
+        readout.input, lambda: reflect(rademacher(accumulator.probe_shape, generator, outputs), v) @ mixing,
+        record_groups=True)
     norm_input = next(call for call in tape.recorder.calls if call.path == "norm").args[0]
     whitening = rms_norm_whitening(model.norm, norm_input, mixing.double().T @ mixing.double())
     at_norm = chi_net_draws(

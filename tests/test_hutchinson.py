@@ -123,11 +123,13 @@ class SharedBias(torch.nn.Module):
 
 
 def test_reflected_probes_are_an_orthonormal_basis_with_the_constant_direction():
-    from specreach.lnp.probes import position_reflection
+    from specreach.lnp.probes import position_reflection, reflect
 
     positions = 7
     v = position_reflection(torch.Size([3, positions, 4]), torch.zeros((), dtype=torch.float64))
-    reflection = torch.eye(positions, dtype=torch.float64) - 2 * v.reshape(-1, 1) @ v.reshape(1, -1)
+    # H applied to the identity's columns, each put in a (1, positions, 1) probe.
+    reflection = torch.stack([reflect(column.reshape(1, positions, 1), v).reshape(-1)
+                              for column in torch.eye(positions, dtype=torch.float64)], dim=1)
     assert torch.allclose(reflection.T @ reflection, torch.eye(positions, dtype=torch.float64), atol=1e-14)
     assert torch.allclose(reflection[:, 0], torch.full((positions,), positions ** -0.5, dtype=torch.float64))
     assert position_reflection(torch.Size([3, 4]), torch.zeros(())) is None  # no positions

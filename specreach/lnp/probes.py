@@ -89,6 +89,11 @@ def position_reflection(probe_shape: torch.Size, like: Tensor) -> Tensor | None:
     return (v / torch.linalg.vector_norm(v)).to(dtype=like.dtype, device=like.device).reshape(1, positions, 1)
 
 
+def reflect(vectors: Tensor, v: Tensor) -> Tensor:
+    """H z = z − 2v(vᵀz) over dim 1, for the v of :func:`position_reflection`."""
+    return vectors - 2 * v * (v * vectors).sum(dim=1, keepdim=True)
+
+
 class ProbeAccumulator:
     """Runs probe backwards on one recorded forward and reduces their per-sample norms to χ_net.
 
@@ -152,10 +157,7 @@ class ProbeAccumulator:
     def add_random(self, generator: torch.Generator) -> None:
         """One random probe: Rademacher signs, reflected over positions where the probes have them."""
         vectors = rademacher(self.probe_shape, generator, self.outputs)
-        if self._reflection is not None:
-            v = self._reflection
-            vectors = vectors - 2 * v * (v * vectors).sum(dim=1, keepdim=True)
-        self.add(vectors)
+        self.add(vectors if self._reflection is None else reflect(vectors, self._reflection))
 
     def summed(self) -> ChiNet:
         """χ_net when the probes were the unit vectors of every coordinate (``exact``)."""
