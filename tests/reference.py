@@ -18,12 +18,23 @@ def jacobian_and_output_grad(model, loss_fn, inputs, targets):
     for k in range(flat.numel()):
         grads = torch.autograd.grad(flat[k], params, retain_graph=True, allow_unused=True)
         rows.append(np.concatenate([
-            (np.zeros(p.numel()) if g is None else g.detach().to_dense().double().reshape(-1).numpy())
-            for p, g in zip(params, grads)
+            _real_entries(p, g) for p, g in zip(params, grads)
         ]))
     detached = outputs.detach().requires_grad_(True)
     (output_grad,) = torch.autograd.grad(loss_fn(detached, targets), detached)
     return np.stack(rows), output_grad.double().reshape(-1).numpy()
+
+
+def _real_entries(param, grad):
+    """A parameter's gradient as real coordinates: a complex entry is two, its real and imaginary
+    parts (autograd's gradient of a real function, ∂/∂Re + i ∂/∂Im), so that inner products are
+    Re Σ conj(a)·b (lnp-math §9)."""
+    if grad is None:
+        return np.zeros(param.numel() * (2 if param.is_complex() else 1))
+    grad = grad.detach().to_dense()
+    if grad.is_complex():
+        grad = torch.view_as_real(grad)
+    return grad.double().reshape(-1).numpy()
 
 
 def lnp_reference(model, loss_fn, batch_a, batch_b=None):
@@ -74,8 +85,7 @@ def masked_jacobian_and_output_grad(model, loss_fn, inputs, targets, mask=None):
     for k in counted_rows(outputs, mask):
         grads = torch.autograd.grad(flat[int(k)], params, retain_graph=True, allow_unused=True)
         rows.append(np.concatenate([
-            (np.zeros(p.numel()) if g is None else g.detach().to_dense().double().reshape(-1).numpy())
-            for p, g in zip(params, grads)
+            _real_entries(p, g) for p, g in zip(params, grads)
         ]))
     detached = outputs.detach().requires_grad_(True)
     (output_grad,) = torch.autograd.grad(loss_fn(detached, targets), detached)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from specreach.engine.schedule import measurement_steps
 from specreach.engine.sinks import Sink, as_sink
 from specreach.lnp.measure import measure_lnp_at_step
-from specreach.lnp.problem import call_model, evaluation_mode, full_precision, upcast
+from specreach.lnp.problem import call_model, measured_function, upcast
 from specreach.lnp.result import LNPResult
 from specreach.spec import LogWindows
 
@@ -60,8 +60,9 @@ class MonitorConfig:
     # same weights). Under mixed precision they are not, and the measurement recomputes them.
     reuse_step_gradient: bool = True
     spectra_dir: Path | None = None  # explicit-kernel estimators: where to keep each step's spectrum
-    # At the first measurement, check the fast per-sample norms against plain autograd (lnp.verify).
-    verify: bool = False
+    # The fast path's self-check (lnp.verify), once per model: samples independent, per-sample norms
+    # equal to plain autograd's.
+    verify: bool = True
 
 
 class LNPMonitor:
@@ -114,7 +115,7 @@ class LNPMonitor:
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
                 estimator=config.estimator, probes=config.probes, generator=self.probe_generator,
-                verify=config.verify and self.last_result is None, **dict(config.estimator_options),
+                verify=config.verify, **dict(config.estimator_options),
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())
@@ -141,8 +142,7 @@ class LNPMonitor:
             if batch_b is None:  # full batch: B = A, whose loss before the step is loss_a
                 return self._write_pending()
             # The measured function: eval mode, full precision (loss_b was taken on it too).
-            with torch.no_grad(), torch.random.fork_rng(devices=[]), evaluation_mode(self.model), \
-                    full_precision(self.model):
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), measured_function(self.model):
                 after = float(self.loss_fn(call_model(self.model, upcast(batch_b[0])), upcast(batch_b[1])))
             self._pending["loss_b_after"] = after
             self._pending["delta_loss_b"] = after - self._pending["loss_b"]

@@ -29,24 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from opacus.grad_sample.grad_sample_module import GradSampleHooks
-from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
 from torch import Tensor, nn
 
-from specreach.lnp.layer_rules import linear_types
+from specreach.lnp.layer_rules import applicable_rule, layer_rule
 from specreach.lnp.forward_record import ForwardRecorder, ModuleCall, is_batched
 from specreach.lnp.op_rules import OpRule, classify
 
-GRAD_SAMPLERS = GradSampleHooks.GRAD_SAMPLERS
-NORM_SAMPLERS = GradSampleHooksFastGradientClipping.NORM_SAMPLERS
 #: The parameter attributes a layer rule knows; a layer holding others (e.g. ``weight_orig`` of
 #: ``torch.nn.utils.prune``) is not the plain layer its rule describes.
 RULE_ATTRIBUTES = {"weight", "bias"}
-
-
-def has_layer_rule(module: nn.Module) -> bool:
-    kind = type(module)
-    return kind in linear_types() or kind in GRAD_SAMPLERS or kind in NORM_SAMPLERS
 
 
 @dataclass
@@ -114,7 +105,7 @@ def plan_coverage(record: ForwardRecorder, parameters: Mapping[str, nn.Parameter
         else:
             kinds = {"module VJP" if vjp else _rule_name(call.module) for call, vjp in covering}
             where = sorted({call.name for call, _ in covering})
-            paths[name] = f"{' + '.join(sorted(kinds))} of {', '.join(repr(w) for w in where)}"
+            paths[name] = f"{' + '.join(sorted(kinds))} of {', '.join(repr(w) for w in where)}" + _unproven(covering)
         for call, vjp in covering:
             rule = rule_calls.setdefault((id(call), vjp), RuleCall(call, vjp=vjp))
             rule.parameters[_local_name(call.module, pid, name)] = parameters[name]
@@ -153,7 +144,7 @@ def _own_calls(use_calls: list[ModuleCall], owners: list[nn.Module], pid: int, n
             return None
         # A layer rule describes the layer's own operation only; anything else inside the call
         # (a use in a nested call, extra keyword inputs) takes the VJP of the whole call.
-        rule = has_layer_rule(owner_call.module) and owner_call is use and _rule_applies(owner_call, pid, n)
+        rule = applicable_rule(owner_call.module) is not None and owner_call is use and _rule_applies(owner_call, pid, n)
         if not owner_call.is_per_sample(n) and not rule:
             return None
         previous_vjp = covering.get(id(owner_call), (None, False))[1]
@@ -173,8 +164,8 @@ def _rule_applies(call: ModuleCall, pid: int, n: int) -> bool:
         return False
     if call.is_per_sample(n) and is_batched(call.args[0], n):
         return True
-    flattened_ok = type(module) in linear_types() or type(module) in GRAD_SAMPLERS
-    return flattened_ok and type(module) is not nn.Embedding and call.flattens_batch(n)
+    rule = layer_rule(module)
+    return rule is not None and rule.method != "embedding" and call.flattens_batch(n)
 
 
 def _enclosing_call(use_calls: list[ModuleCall], pid: int, n: int, name: str) -> ModuleCall:
@@ -203,3 +194,13 @@ def _local_name(module: nn.Module, pid: int, name: str) -> str:
 
 def _rule_name(module: nn.Module) -> str:
     return f"{type(module).__name__} layer rule"
+
+
+def _unproven(covering: list[tuple[ModuleCall, bool]]) -> str:
+    """Why a layer that has a rule took the VJP instead: the rule was not proven for its configuration."""
+    reasons = {}
+    for call, vjp in covering:
+        rule = layer_rule(call.module)
+        if vjp and rule is not None and rule.refuses(call.module) is not None:
+            reasons[type(call.module).__name__] = rule.refuses(call.module)
+    return "".join(f" ({kind} layer rule not proven for {why})" for kind, why in reasons.items())

@@ -68,7 +68,9 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
             "checkpointing (torch.utils.checkpoint, saved-tensor hooks) must be off. Otherwise measure with "
             "estimator='exact' or 'hutchinson'."
         ) from error
-    blocks = [j.reshape(rows.numel(), -1).double() for j in jacobians]
+    # A complex parameter's entries are two real coordinates each (lnp-math §9).
+    blocks = [(torch.view_as_real(j.to(torch.complex128)) if j.is_complex() else j.double()).reshape(rows.numel(), -1)
+              for j in jacobians]
     columns, start = {}, 0
     for name, block in zip(names, blocks):
         columns[name] = slice(start, start + block.shape[1])

@@ -142,10 +142,10 @@ def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Te
         return True
     index = list(problem.params).index(readout.param_names[id(readout.module.weight)])
     with torch.no_grad():
-        width = readout.module.in_features
+        width = readout.in_features
         generator = torch.Generator(device=outputs.device).manual_seed(0)
         directions = torch.randn(width, 2, generator=generator, device=outputs.device, dtype=outputs.dtype)
-        g = output_grad.reshape(-1, readout.module.out_features)
+        g = output_grad.reshape(-1, readout.out_features)
         a = readout.input.reshape(-1, width)
         expected = (g.T @ (a @ directions) * readout.scale).double()
         given = (problem.grad_a[index].to(directions.dtype) @ directions).double()

@@ -17,6 +17,7 @@ user's forward hook replaces it afterwards.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -47,6 +48,10 @@ class ModuleCall:
     #: False when a tensor of the call has the batch size first but is not split by sample there
     #: (a sequence-first layer whose sequence length equals the batch size; see PerSampleNormTape.record)
     batch_first: bool = True
+    #: an input computed from the batch is not split by sample along its first dim (the tokens of
+    #: every bag flattened into one list, with offsets; the batch flattened into rows): re-running
+    #: the call on one sample's slices would not be that sample's computation
+    unsplit_batch_input: bool = False
 
     @property
     def name(self) -> str:
@@ -71,7 +76,8 @@ class ModuleCall:
         Only then can the output's gradient be split by sample. A call that computes from
         parameters alone (a parametrization, a position table) is not per-sample.
         """
-        return self.batch_first and is_batched(self.output, n) and bool(self.batched_tensors(n))
+        return (self.batch_first and not self.unsplit_batch_input and is_batched(self.output, n)
+                and bool(self.batched_tensors(n)))
 
     def flattens_batch(self, n: int) -> bool:
         """The input is the batch flattened into rows sample by sample (``x.reshape(-1, d)`` of a
@@ -200,7 +206,7 @@ class _ParameterUses(TorchFunctionMode):
             elif key in recorder.derived:
                 derived, pids = recorder.derived[key]
                 operands.extend((pid, position, False, derived) for pid in sorted(pids))
-            elif key in recorder.batch_data:
+            elif recorder.is_batch_data(value):
                 batched = True
         if func is F.embedding and operands and _renorms(args, kwargs):
             raise ValueError(
@@ -248,9 +254,9 @@ class ForwardRecorder:
         self.derived: dict[int, tuple[Tensor, frozenset[int]]] = {}
         self._kept: list[Tensor] = []  # the transposes themselves, so that their ids stay theirs
         self.n: int | None = None  # the batch size, from the model's own inputs
-        #: ids of tensors computed from the batch (the model's inputs and everything made from them);
-        #: an id reused by a freed tensor can only add to it, which errs on the safe side
-        self.batch_data: set[int] = set()
+        #: tensors computed from the batch (the model's inputs and everything made from them), by id;
+        #: weakly held, so that a freed tensor's id, reused by another, is not taken for it
+        self.batch_data: dict[int, weakref.ref] = {}
         #: ids of tensors that are the batch flattened into rows, sample by sample (kept alive)
         self.sample_rows: set[int] = set()
         #: ids of modules whose output the model modifies in place (``x += shortcut``): the model gets
@@ -281,7 +287,7 @@ class ForwardRecorder:
         if not flattened or any(v.shape[0] != rows for v in flattened):
             return
         # every other operand is the same rows, or the same for every row (broadcast, parameters)
-        if all(id(v) in self.sample_rows or v.dim() < output.dim() or v.shape[0] == 1 or id(v) not in self.batch_data
+        if all(id(v) in self.sample_rows or v.dim() < output.dim() or v.shape[0] == 1 or not self.is_batch_data(v)
                for v in tensors):
             self.sample_rows.add(id(output))
             self._kept.append(output)
@@ -289,7 +295,11 @@ class ForwardRecorder:
     def note_batch_data(self, values: Any) -> None:
         for value in pytree.tree_leaves(values):
             if isinstance(value, Tensor):
-                self.batch_data.add(id(value))
+                self.batch_data[id(value)] = weakref.ref(value)
+
+    def is_batch_data(self, value: Any) -> bool:
+        ref = self.batch_data.get(id(value))
+        return ref is not None and ref() is value
 
     def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list, batched: bool) -> None:
         call = self._stack[-1] if self._stack else None
@@ -365,6 +375,10 @@ class ForwardRecorder:
         call.args, call.kwargs, call.output = args, kwargs, output
         call.flattened_input = bool(args) and self.n is not None and (
             id(args[0]) in self.sample_rows or sample_rows(args[0], self.n))
+        if call.parent is not None and self.n is not None:  # the model's own inputs are batch-first by contract
+            call.unsplit_batch_input = any(
+                isinstance(value, Tensor) and value.dim() > 0 and not is_batched(value, self.n) and self.is_batch_data(value)
+                for value in pytree.tree_leaves((args, kwargs)))
         if isinstance(output, Tensor):
             call.version = output._version
             if id(module) in self.copy_outputs:  # the model changes it in place: hand it a copy

@@ -49,6 +49,14 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
         mask = _aligned(loss_mask.to(torch.bool), outputs, f"loss_mask_{which.lower()}")
         _check_ignored(output_grad, mask, f"loss_mask_{which.lower()}", which)
         return None if bool(mask.all()) else mask
+    mask = _not_ignored(loss_fn, outputs, targets, output_grad, which, ignore_index)
+    _refuse_unread_positions(loss_fn, outputs, targets, output_grad, mask, which)
+    return mask
+
+
+def _not_ignored(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: Tensor, which: str,
+                 ignore_index: IgnoreIndex) -> Tensor | None:
+    """The positions whose target is not ignored (see :func:`counted_positions`), or None: all."""
     if ignore_index is None or not isinstance(targets, Tensor) or targets.is_floating_point():
         return None
     if ignore_index == "auto":
@@ -78,6 +86,64 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
         if not bool(ignored.any()):
             return None
     return ~ignored
+
+
+def _refuse_unread_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: Tensor,
+                             counted: Tensor | None, which: str) -> None:
+    """An output the loss never reads is not part of f (``lnp-math.md`` §9): refuse to count it.
+
+    A position (an entry of the targets, which line up with the outputs' leading dims) whose loss
+    gradient is zero for every sample of the batch, and whose target is not ignored, is a suspect;
+    it is unread if the gradient stays zero there at generic outputs too (read positions get a
+    nonzero gradient almost everywhere). Checking suspects only keeps the common case free.
+    """
+    if not isinstance(targets, Tensor) or targets.dim() == 0 or not _is_prefix(targets.shape, outputs.shape):
+        return
+    suspects = _position_grads(output_grad, targets.shape).eq(0).all(dim=-1).all(dim=0)
+    if counted is not None:
+        suspects &= counted.any(dim=0)
+    if not bool(suspects.any()):
+        return
+    zero_anyway = _zero_at_generic_outputs(loss_fn, outputs, targets)
+    unread = suspects if zero_anyway is None else suspects & zero_anyway.all(dim=0)
+    if not bool(unread.any()):
+        return
+    where = [tuple(index) for index in unread.nonzero().tolist()][:5]
+    positions = ", ".join(str(p[0]) if len(p) == 1 else str(p) for p in where) or "of the samples"
+    confirmed = ("their loss gradient is zero for every sample whatever the outputs" if zero_anyway is not None else
+                 "their loss gradient is zero for every sample, and the loss cannot be evaluated elsewhere to tell "
+                 "whether it reads them")
+    raise ValueError(
+        f"batch {which}: the loss never reads the outputs at position {positions} ({confirmed}, and their targets "
+        "are not ignored), so they are not part of the measured function, but N and the unit count m would count "
+        "them. A loss that shifts inside (full logits against labels = input_ids, as in Hugging Face models) "
+        "compares position t with label t + 1 and never reads the last position: return logits[:, :-1] and pass "
+        "labels[:, 1:] as the targets (specreach.integrations.transformers.CausalLMLogits and next_token_loss do "
+        "this), or pass loss_mask_a / loss_mask_b marking the positions the loss reads"
+    )
+
+
+def _zero_at_generic_outputs(loss_fn: Any, outputs: Tensor, targets: Tensor) -> Tensor | None:
+    """Per sample and position, whether the loss gradient is zero at two generic points (standard
+    normal outputs, and the outputs slightly perturbed, for losses defined on a range only);
+    None if the loss can be evaluated at neither."""
+    generator = torch.Generator(device=outputs.device).manual_seed(0)
+    base = outputs.detach()
+    points = (lambda: torch.randn(base.shape, generator=generator, device=base.device, dtype=base.dtype),
+              lambda: base * (1 + 1e-2 * torch.randn(base.shape, generator=generator, device=base.device, dtype=base.dtype)))
+    zero = None
+    for point in points:
+        values = point().requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(loss_fn(values, targets), values)
+        except (RuntimeError, ValueError):
+            continue
+        if not bool(torch.isfinite(grad).all()):
+            continue
+        here = _position_grads(grad, targets.shape).eq(0).all(dim=-1)
+        zero = here if zero is None else zero & here
+    return zero
 
 
 def _ignores_unaligned(output_grad: Tensor, targets: Tensor, value: int) -> bool:

@@ -7,15 +7,15 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from specreach.lnp.estimator import Estimator
+from specreach.lnp.estimator import Estimator, PerSampleNormEstimator
 from specreach.lnp.layer_rules import install_layer_rules
 from specreach.lnp.loss_units import IgnoreIndex
 from specreach.lnp.problem import (
-    LossFn, MeasurementProblem, check_measurable, evaluation_mode, full_precision, make_batch,
+    LossFn, MeasurementProblem, check_measurable, make_batch, measured_function,
     trainable_parameters, untouched,
 )
 from specreach.lnp.result import LNPResult
-from specreach.lnp.verify import verify_model
+from specreach.lnp.verify import verify_once
 from specreach.plugins import get_plugin_manager
 
 
@@ -33,7 +33,7 @@ def measure_lnp(
     ignore_index: IgnoreIndex = "auto",
     loss_mask_a: Tensor | None = None,
     loss_mask_b: Tensor | None = None,
-    verify: bool = False,
+    verify: bool = True,
     **estimator_options: Any,
 ) -> LNPResult:
     """Measure the LNP components D = ⟨∇L_B, ∇L_A⟩ = L · N · P of ``model`` on two batches.
@@ -56,9 +56,13 @@ def measure_lnp(
             where the loss gradient is zero there; ``None``: every position counts.
         loss_mask_a, loss_mask_b: boolean masks over the outputs' leading dims (True: the position
             enters the loss), for losses that mask positions some other way.
-        verify: first check the per-sample norms on two samples of A against plain autograd, one
-            sample at a time, and raise :class:`~specreach.lnp.verify.VerificationError` with the
-            mismatch per parameter group if they disagree (see :func:`~specreach.lnp.verify.verify_model`).
+        verify: the fast path's self-check, once per model (default on; estimators built on
+            per-sample norms): on two samples of A, each sample alone must give its outputs in the
+            batch (else :class:`~specreach.lnp.verify.SamplesCoupledError`), and the per-sample norms
+            must agree with plain autograd one sample at a time (else
+            :class:`~specreach.lnp.verify.VerificationError`, with the mismatch per parameter group).
+            It is cached on the model's structure and parameters (:func:`~specreach.lnp.verify.verify_once`);
+            ``verify=False`` skips it.
         estimator_options: the estimator's own parameters (validated by its ``Params`` model).
 
     The measured function is the model in eval mode (dropout off) at full precision (autocast
@@ -92,7 +96,7 @@ def measure_lnp_at_step(
     ignore_index: IgnoreIndex = "auto",
     loss_mask_a: Tensor | None = None,
     loss_mask_b: Tensor | None = None,
-    verify: bool = False,
+    verify: bool = True,
     **estimator_options: Any,
 ) -> LNPResult:
     """:func:`measure_lnp` for a training loop that already has the step's work on batch A.
@@ -123,9 +127,9 @@ def measure_lnp_at_step(
         outputs_a=None if outputs_a is None else outputs_a.detach(),
         ignore_index=ignore_index,
     )
-    with untouched(model), evaluation_mode(model), full_precision(model):
-        if verify:
-            verify_model(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
+    with untouched(model), measured_function(model):
+        if verify and isinstance(est, PerSampleNormEstimator):
+            verify_once(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
         return est.measure(problem)
 
 

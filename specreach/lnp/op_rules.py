@@ -82,7 +82,7 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
     """The rule for this use of the parameter; ``"view"`` for a transpose (its result is tracked and
     its uses are classified instead); None when there is no rule (or the use is not per-sample)."""
     operands = [(position, transposed, derived) for p, position, transposed, derived in use.operands if p == pid]
-    if len(operands) != 1:
+    if len(operands) != 1 or parameter.is_complex():  # the closed forms below are for real parameters
         return None
     if not _carries_tensors(use.output):
         return "view"  # metadata, a shape: no gradient flows

@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from specreach.lnp.layer_rules import functional_call_context, input_scale, linear_types
-from specreach.lnp.coverage import (
-    GRAD_SAMPLERS, NORM_SAMPLERS, CoveragePlan, RuleCall, has_layer_rule, plan_coverage,
-)
+from opacus.grad_sample.embedding import compute_embedding_grad_sample
+
+from specreach.lnp.layer_rules import applicable_rule, functional_call_context, input_scale
+from specreach.lnp.coverage import CoveragePlan, RuleCall, plan_coverage
 from specreach.lnp.forward_record import ForwardRecorder, is_batched
 from specreach.lnp.readout import LinearReadout
 
@@ -126,7 +126,7 @@ class PerSampleNormTape:
             if call is root:
                 continue
             suspect(call.output, call)
-            if not has_layer_rule(call.module):  # a layer rule's input has its output's leading dims
+            if applicable_rule(call.module) is None:  # a layer rule's input has its output's leading dims
                 for value in (*call.args, *call.kwargs.values()):
                     if id(value) not in model_inputs:
                         suspect(value, call)
@@ -178,7 +178,7 @@ class PerSampleNormTape:
         """
         for rule in self.coverage.rule_calls:
             call = rule.call
-            if rule.vjp or type(call.module) not in linear_types() or call.output is not outputs:
+            if rule.vjp or applicable_rule(call.module).method != "linear" or call.output is not outputs:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
@@ -251,18 +251,17 @@ class PerSampleNormTape:
         module, call = rule.call.module, rule.call
         flattened = not is_batched(call.args[0], n)  # rows of the flattened batch (see ModuleCall.flattens_batch)
         materialize = flattened or any(id(p) in self.coverage.summed for p in rule.parameters.values())
-        kind = type(module)
-        if kind in linear_types():
+        layer = applicable_rule(module)
+        assert layer is not None  # the plan gives a layer rule only to a layer within it
+        if layer.method == "linear":
             yield from self._linear(rule, backprop, materialize, n)
-        elif kind is nn.RMSNorm:
-            yield from self._rms_norm(rule, backprop, n)
-        elif isinstance(module, nn.Embedding):
+        elif layer.method == "embedding":
             yield from self._embedding(rule, backprop, materialize, n)
-        elif not materialize and kind in NORM_SAMPLERS:
-            for param, norm in NORM_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
-                yield param, norm, True
+        elif layer.method in ("layer_norm", "rms_norm"):
+            yield from self._norm(rule, backprop, n, rms=layer.method == "rms_norm")
         else:
-            for param, grad in GRAD_SAMPLERS[kind](module, _contiguous(call.args), backprop).items():
+            assert layer.grad_sampler is not None
+            for param, grad in layer.grad_sampler(module, _contiguous(call.args), backprop).items():
                 # per-row gradients of a flattened batch: sum each sample's rows
                 yield param, grad.reshape(n, -1, *param.shape).sum(dim=1) if flattened else grad, False
 
@@ -277,18 +276,20 @@ class PerSampleNormTape:
         """Linear layers over any number of positions T: ghost norm or materialized gradient, by cost."""
         module = cast(nn.Linear, rule.call.module)
         scale = input_scale(module)
-        g = backprop.reshape(n, -1, module.out_features)
+        # Sizes from the weight, not the attributes: mup's MuSharedReadout sets them swapped.
+        out_features, in_features = module.weight.shape
+        g = backprop.reshape(n, -1, out_features)
         positions = g.shape[1]
 
         def activations() -> Tensor:
-            return (rule.call.args[0].reshape(n, -1, module.in_features) * scale).to(g.dtype)
+            return (rule.call.args[0].reshape(n, -1, in_features) * scale).to(g.dtype)
 
         planned = {id(p) for p in rule.parameters.values()}
         weight = module.weight if id(module.weight) in planned else None
         bias = module.bias if module.bias is not None and id(module.bias) in planned else None
         # Per probe: ghost T²·d_out (the activations' Gram is reused), materialized T·d_in·d_out.
-        ghost = not materialize and positions * positions * module.out_features <= (
-            positions * module.in_features * module.out_features) and positions * positions * n <= _GRAM_LIMIT
+        ghost = not materialize and positions * positions * out_features <= (
+            positions * in_features * out_features) and positions * positions * n <= _GRAM_LIMIT
         if weight is not None:
             if ghost:
                 gram = self._once(rule, "gram", lambda: torch.bmm(activations(), activations().transpose(1, 2)))
@@ -315,7 +316,7 @@ class PerSampleNormTape:
         if module.padding_idx is not None:
             backprop = backprop * (tokens != module.padding_idx).unsqueeze(-1).to(backprop.dtype)
         if materialize:
-            for param, grad in GRAD_SAMPLERS[nn.Embedding](module, [tokens.contiguous()], backprop).items():
+            for param, grad in compute_embedding_grad_sample(module, [tokens.contiguous()], backprop).items():
                 yield param, grad, False
             return
         if not module.weight.requires_grad:
@@ -326,17 +327,19 @@ class PerSampleNormTape:
         squared = backprop.new_zeros(n).index_add_(0, sample_of_pair, by_pair.square().sum(dim=1))
         yield module.weight, squared.sqrt(), True
 
-    def _rms_norm(self, rule: RuleCall, backprop: Tensor, n: int):
-        """RMSNorm's weight: per sample Σ_t g_t ⊙ x̂_t, the normalized input computed once per forward."""
-        module = cast(nn.RMSNorm, rule.call.module)
-        if module.weight is None:
-            return
-        if not module.weight.requires_grad:
-            return
-        normalized = self._once(rule, "normalized", lambda: torch.nn.functional.rms_norm(
-            rule.call.args[0], list(module.normalized_shape), eps=module.eps))
-        per_position = (normalized * backprop).reshape(n, -1, *module.weight.shape)
-        yield module.weight, per_position.sum(dim=1), False
+    def _norm(self, rule: RuleCall, backprop: Tensor, n: int, rms: bool):
+        """LayerNorm and RMSNorm, y = x̂ ⊙ w (+ b): per sample Σ_t g_t ⊙ x̂_t for the weight and Σ_t g_t for
+        the bias, the normalized input x̂ computed once per forward."""
+        module = cast(nn.LayerNorm | nn.RMSNorm, rule.call.module)
+        shape = list(module.normalized_shape)
+        planned = {id(p) for p in rule.parameters.values()}
+        weight, bias = module.weight, getattr(module, "bias", None)
+        if weight is not None and id(weight) in planned:
+            normalize = torch.nn.functional.rms_norm if rms else torch.nn.functional.layer_norm
+            normalized = self._once(rule, "normalized", lambda: normalize(rule.call.args[0], shape, eps=module.eps))
+            yield weight, (normalized * backprop).reshape(n, -1, *weight.shape).sum(dim=1), False
+        if bias is not None and id(bias) in planned:
+            yield bias, backprop.reshape(n, -1, *bias.shape).sum(dim=1), False
 
 
 #: Largest Gram-matrix cache (n·T² entries) per layer; beyond it the gradient is materialized.

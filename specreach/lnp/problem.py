@@ -157,6 +157,30 @@ def full_precision(model: nn.Module) -> Iterator[None]:
                 tensor.data = data
 
 
+@contextlib.contextmanager
+def parametrizations_recomputed() -> Iterator[None]:
+    """Inside ``torch.nn.utils.parametrize.cached()`` a parametrized weight is computed once, before
+    the forward, so the forward never shows the parametrization's own parameters (a LoRA's A and B
+    would get no per-sample gradient). While measuring, the cache is off: the same values, with every
+    use of A and B inside the recorded forward. The user's cache is left as it was."""
+    from torch.nn.utils import parametrize
+
+    enabled = parametrize._cache_enabled
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = enabled
+
+
+@contextlib.contextmanager
+def measured_function(model: nn.Module) -> Iterator[None]:
+    """The function every measurement takes D, L and N from: eval mode, full precision, parametrizations
+    recomputed at each use."""
+    with evaluation_mode(model), full_precision(model), parametrizations_recomputed():
+        yield
+
+
 def upcast(values: Any) -> Any:
     """Half-precision tensors in ``values`` (any nesting) as float32; everything else as it is."""
     if isinstance(values, Tensor):
@@ -307,9 +331,13 @@ def squared_norm(tensor: Tensor, chunk: int = 1 << 20) -> float:
 
 
 def gradient_dot(grads_a: Sequence[Tensor], grads_b: Sequence[Tensor]) -> float:
-    """⟨∇L_A, ∇L_B⟩ summed in float64 (sparse gradients, e.g. of ``nn.Embedding(sparse=True)``, too)."""
+    """⟨∇L_A, ∇L_B⟩ summed in float64 (sparse gradients, e.g. of ``nn.Embedding(sparse=True)``, too).
+
+    A complex parameter's entries are two real coordinates each: the inner product is
+    Re Σ conj(a)·b (``lnp-math.md`` §9), as autograd's gradients of a real loss require."""
     def flat(grad: Tensor) -> Tensor:
-        return (grad.to_dense() if grad.is_sparse else grad).reshape(-1).double()
+        grad = (grad.to_dense() if grad.is_sparse else grad).reshape(-1)
+        return torch.view_as_real(grad.to(torch.complex128)).reshape(-1) if grad.is_complex() else grad.double()
 
     return math.fsum(float(torch.dot(flat(a), flat(b))) for a, b in zip(grads_a, grads_b))
 

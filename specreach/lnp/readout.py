@@ -32,24 +32,26 @@ class LinearReadout:
         self.param_names = param_names
         self.input = call.args[0]
         self.scale = input_scale(self.module)
+        # Sizes from the weight, not the attributes: mup's MuSharedReadout sets them swapped.
+        self.out_features, self.in_features = self.module.weight.shape
 
     def worthwhile(self) -> bool:
-        return self.module.in_features < self.module.out_features and self.input.requires_grad
+        return self.in_features < self.out_features and self.input.requires_grad
 
     def squared_norms(self, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Per-sample ‖J_i‖_F² of the readout's own weight and bias, over the counted positions."""
         with torch.no_grad():
             n = self.input.shape[0]
-            inputs = self.input.reshape(n, -1, self.module.in_features).double() * self.scale
+            inputs = self.input.reshape(n, -1, self.in_features).double() * self.scale
             counted = torch.ones(inputs.shape[:2], dtype=torch.float64, device=inputs.device)
             if mask is not None:
                 counted = mask.reshape(n, -1).to(torch.float64)
             norms = {}
             if self.module.weight.requires_grad:
                 per_position = inputs.square().sum(dim=2)
-                norms[self.param_names[id(self.module.weight)]] = self.module.out_features * (counted * per_position).sum(1)
+                norms[self.param_names[id(self.module.weight)]] = self.out_features * (counted * per_position).sum(1)
             if self.module.bias is not None and self.module.bias.requires_grad:
-                norms[self.param_names[id(self.module.bias)]] = self.module.out_features * counted.sum(1)
+                norms[self.param_names[id(self.module.bias)]] = self.out_features * counted.sum(1)
             return norms
 
     def input_mixing(self) -> Tensor:

@@ -53,8 +53,8 @@ class TimmLayerNormRules:
     @staticmethod
     def install() -> None:
         import timm.layers
-        from opacus.grad_sample.layer_norm import compute_layer_norm_grad_sample
+        from torch import nn
 
-        from specreach.lnp.layer_rules import register_layer
+        from specreach.lnp.layer_rules import register_same_math
 
-        register_layer(timm.layers.LayerNorm, compute_layer_norm_grad_sample)
+        register_same_math(timm.layers.LayerNorm, nn.LayerNorm)
