@@ -65,4 +65,6 @@ def register_layer_rules(register):
     register("specreach.models.layer_rules:MupReadoutRules", name="mup-readout", requires="mup",
              summary="per-sample rules of muP's MuReadout")
     register("specreach.models.layer_rules:TimmLayerNormRules", name="timm-layernorm", requires="timm",
-             summary="per-sample rules of timm's LayerNorm")
+             summary="per-sample rules of timm's LayerNorm and LayerNorm2d")
+    register("specreach.models.layer_rules:TransformersConv1DRules", name="transformers-conv1d",
+             requires="transformers", summary="per-sample rules of Hugging Face's Conv1D (GPT-2)")

@@ -266,8 +266,9 @@ class MeasureSection(Strict):
         "A is the validation pool's first `batch_size` samples at every measured step instead of the training "
         "batch: the same inputs at initialization and after training (with cross_batch: false, B = A)."))
     verify: bool = Field(True, description=(
-        "At the run's first measurement, check the fast per-sample norms against plain autograd on two samples "
-        "(cheap; a mismatch fails the run naming the parameter groups). See `specreach check-model`."))
+        "At the run's first measurement, the fast path's self-check on two samples: each alone gives its outputs in "
+        "the batch (coupled samples fail the run), and the per-sample norms equal plain autograd's (a mismatch fails "
+        "the run naming the parameter groups). See `specreach check-model`."))
 
     @field_validator("schedule")
     @classmethod

@@ -65,6 +65,8 @@ def lnp_reference(model, loss_fn, batch_a, batch_b=None):
 def _call(model, inputs):
     if isinstance(inputs, dict):
         return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
     return model(inputs)
 
 

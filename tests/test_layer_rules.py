@@ -56,11 +56,44 @@ WITHIN = [
     ("conv2d-channels-last", lambda: nn.Conv2d(3, 4, 3, padding=1).to(memory_format=torch.channels_last),
      lambda: torch.randn(5, 3, 6, 6).to(memory_format=torch.channels_last)),
     ("conv3d", lambda: nn.Conv3d(2, 3, 2, stride=(1, 2, 1)), lambda: torch.randn(5, 2, 4, 4, 3)),
+    ("batch-norm-1d-features", lambda: running(nn.BatchNorm1d(3)), lambda: torch.randn(5, 3)),
+    ("batch-norm-1d-sequence", lambda: running(nn.BatchNorm1d(3)), lambda: torch.randn(5, 3, 6)),
+    ("batch-norm-2d", lambda: running(nn.BatchNorm2d(3)), lambda: torch.randn(5, 3, 4, 4)),
+    ("batch-norm-3d", lambda: running(nn.BatchNorm3d(2)), lambda: torch.randn(5, 2, 3, 3, 3)),
     ("mup-readout", lambda: mup_readout(shared=False), lambda: torch.randn(5, 6, 8)),
     ("mup-shared-readout", lambda: mup_readout(shared=True), lambda: torch.randn(5, 6, 8)),
     ("timm-layer-norm-no-bias", lambda: timm_layer_norm(bias=False), lambda: torch.randn(5, 6, 4)),
     ("timm-layer-norm", lambda: timm_layer_norm(bias=True), lambda: torch.randn(5, 6, 4)),
+    ("timm-layer-norm-2d", lambda: timm_layer_norm_2d(), lambda: torch.randn(5, 4, 3, 3)),
+    ("hf-conv1d", lambda: hf_conv1d(), lambda: torch.randn(5, 6, 4)),
+    ("hf-conv1d-2d-input", lambda: hf_conv1d(), lambda: torch.randn(5, 4)),
 ]
+
+
+def running(norm):
+    """A BatchNorm on (made-up) running statistics, as a trained model in eval mode has them."""
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm.eval()
+
+
+def timm_layer_norm_2d():
+    import timm.layers
+
+    install_layer_rules()
+    return timm.layers.LayerNorm2d(4)
+
+
+def hf_conv1d():
+    from transformers.pytorch_utils import Conv1D
+
+    install_layer_rules()
+    layer = Conv1D(3, 4)  # nf = 3 outputs, nx = 4 inputs
+    torch.nn.init.normal_(layer.bias)
+    return layer
 
 
 def mup_readout(shared):
@@ -89,7 +122,7 @@ OUTSIDE = [
     ("conv2d-circular", lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), lambda: torch.randn(5, 2, 5, 5)),
     ("conv2d-reflect", lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), lambda: torch.randn(5, 2, 5, 5)),
     ("conv1d-replicate", lambda: nn.Conv1d(2, 3, 3, padding=2, padding_mode="replicate"), lambda: torch.randn(5, 2, 7)),
-    ("instance-norm-running-stats", lambda: _with_running_stats(nn.InstanceNorm2d(3, affine=True, track_running_stats=True)),
+    ("instance-norm-running-stats", lambda: running(nn.InstanceNorm2d(3, affine=True, track_running_stats=True)),
      lambda: torch.randn(5, 3, 4, 4)),
     ("embedding-bag-mean", lambda: nn.EmbeddingBag(9, 3, mode="mean"), lambda: tokens(5, 6)),
     ("embedding-bag-sum-padding-idx", lambda: nn.EmbeddingBag(9, 3, mode="sum", padding_idx=1), lambda: tokens(5, 6)),
@@ -97,12 +130,6 @@ OUTSIDE = [
     ("complex-linear", lambda: nn.Linear(4, 3, dtype=torch.complex128), lambda: torch.randn(5, 4, dtype=torch.complex128)),
     ("conv-transpose", lambda: nn.ConvTranspose2d(2, 3, 3, stride=2), lambda: torch.randn(5, 2, 3, 3)),
 ]
-
-
-def _with_running_stats(norm):
-    norm.running_mean.uniform_(-1, 1)
-    norm.running_var.uniform_(0.5, 2)
-    return norm
 
 
 class Real(nn.Module):
@@ -178,6 +205,7 @@ def test_the_documented_table_lists_every_rule_as_the_code_has_it():
     install_layer_rules()
     import mup
     import timm.layers  # noqa: F401  (the plugins' rules install once their packages are imported)
+    import transformers.pytorch_utils  # noqa: F401
 
     install_layer_rules()
     section = DOCS.read_text().split("### Which layers have a rule")[1].split("\n#")[0]

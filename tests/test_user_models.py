@@ -406,10 +406,15 @@ def test_a_batch_as_long_as_the_context_keeps_the_fast_path(float64):
 
 
 def test_self_check_runs_the_fast_path_at_the_batch_size(float64, monkeypatch):
-    """With the batch-dimension confirmation off, the sequence-first layer splits its gradient by
-    position: the self-check sees it, because its fast path runs on the whole batch (T = n there)."""
+    """With the samples' layout read from shapes alone and the batch-dimension confirmation off, the
+    sequence-first layer splits its gradient by position: the self-check sees it, because its fast path
+    runs on the whole batch (T = n there)."""
+    from specreach.lnp.forward_record import ForwardRecorder, is_batched
+
     model, loss_fn, batch_a, *_ = user_models.build("sequence_first_as_long_as_the_batch")
     monkeypatch.setattr(PerSampleNormTape, "_confirm_batch_dims", lambda self, outputs: False)
+    monkeypatch.setattr(ForwardRecorder, "holds_samples_first", lambda self, value: is_batched(value, self.n))
+    monkeypatch.setattr(ForwardRecorder, "splits_by_sample", lambda self, value: is_batched(value, self.n))
     # Split by position, the layer's rows mix the samples: the check's backward from one sample sees it.
     with pytest.raises(SamplesCoupledError, match="at the output of module 'mix'"):
         verify_model(model, loss_fn, batch_a)

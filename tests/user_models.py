@@ -572,6 +572,15 @@ CASES = {
 }
 
 
+def _more_cases():
+    import user_models_more
+
+    return user_models_more.CASES
+
+
+CASES.update(_more_cases())
+
+
 def build(name, seed=0):
     torch.manual_seed(seed)
     return CASES[name]()

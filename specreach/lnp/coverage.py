@@ -32,7 +32,7 @@ from typing import Mapping
 from torch import Tensor, nn
 
 from specreach.lnp.layer_rules import applicable_rule, layer_rule
-from specreach.lnp.forward_record import ForwardRecorder, ModuleCall, is_batched
+from specreach.lnp.forward_record import ForwardRecorder, ModuleCall
 from specreach.lnp.op_rules import OpRule, classify
 
 #: The parameter attributes a layer rule knows; a layer holding others (e.g. ``weight_orig`` of
@@ -162,7 +162,7 @@ def _rule_applies(call: ModuleCall, pid: int, n: int) -> bool:
     own = {local for local, p in module.named_parameters(recurse=False) if id(p) == pid}
     if not own <= RULE_ATTRIBUTES or not call.args or call.kwargs:
         return False
-    if call.is_per_sample(n) and is_batched(call.args[0], n):
+    if call.is_per_sample(n) and call.splits(call.args[0]):
         return True
     rule = layer_rule(module)
     return rule is not None and rule.method != "embedding" and call.flattens_batch(n)

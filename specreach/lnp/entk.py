@@ -50,11 +50,17 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
               chunk_size: int | None) -> Linearization:
     """J and g of one batch over the output coordinates ``rows`` (indices into the flat outputs)."""
     names = list(problem.params)
-    values = tuple(p.detach() for p in problem.params.values())
+    # torch.func differentiates real inputs only: a complex parameter goes in as its real view, whose
+    # two real coordinates per entry are the ones its Jacobian columns have (lnp-math §9).
+    complex_params = {name for name, p in problem.params.items() if p.is_complex()}
+    values = tuple(torch.view_as_real(p.detach()) if name in complex_params else p.detach()
+                   for name, p in problem.params.items())
     args, kwargs = _as_call(batch.inputs)
 
     def flat_outputs(*param_values: Tensor) -> Tensor:
-        outputs = torch.func.functional_call(problem.model, dict(zip(names, param_values)), args, kwargs)
+        params = {name: torch.view_as_complex(value) if name in complex_params else value
+                  for name, value in zip(names, param_values)}
+        outputs = torch.func.functional_call(problem.model, params, args, kwargs)
         return outputs.reshape(-1)[rows]
 
     output_grad = measured.output_grad.reshape(-1)[rows].double()
@@ -68,9 +74,7 @@ def linearize(problem: MeasurementProblem, batch: Batch, measured: BatchOutputs,
             "checkpointing (torch.utils.checkpoint, saved-tensor hooks) must be off. Otherwise measure with "
             "estimator='exact' or 'hutchinson'."
         ) from error
-    # A complex parameter's entries are two real coordinates each (lnp-math §9).
-    blocks = [(torch.view_as_real(j.to(torch.complex128)) if j.is_complex() else j.double()).reshape(rows.numel(), -1)
-              for j in jacobians]
+    blocks = [j.reshape(rows.numel(), -1).double() for j in jacobians]
     columns, start = {}, 0
     for name, block in zip(names, blocks):
         columns[name] = slice(start, start + block.shape[1])

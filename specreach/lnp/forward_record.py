@@ -28,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils import hooks as torch_hooks
 
+from specreach.lnp.alignment import Layout, layout
+
 
 @dataclass(eq=False)
 class ModuleCall:
@@ -48,10 +50,12 @@ class ModuleCall:
     #: False when a tensor of the call has the batch size first but is not split by sample there
     #: (a sequence-first layer whose sequence length equals the batch size; see PerSampleNormTape.record)
     batch_first: bool = True
-    #: an input computed from the batch is not split by sample along its first dim (the tokens of
-    #: every bag flattened into one list, with offsets; the batch flattened into rows): re-running
-    #: the call on one sample's slices would not be that sample's computation
+    #: an input computed from the batch does not hold the samples along its first dim (the tokens of
+    #: every bag flattened into one list, with offsets; the batch flattened into rows; tokens routed
+    #: to an expert): re-running the call on one sample's slices would not be that sample's computation
     unsplit_batch_input: bool = False
+    #: ids of the inputs that hold the samples along their first dim (see :mod:`specreach.lnp.alignment`)
+    split: frozenset[int] = frozenset()
 
     @property
     def name(self) -> str:
@@ -67,8 +71,9 @@ class ModuleCall:
     def encloses(self, other: "ModuleCall") -> bool:
         return self.start <= other.start and other.end <= self.end
 
-    def batched_tensors(self, n: int) -> list[Tensor]:
-        return [v for v in (*self.args, *self.kwargs.values()) if is_batched(v, n)]
+    def splits(self, value: Any) -> bool:
+        """Whether ``value``, an input of this call, holds the samples along its first dim."""
+        return id(value) in self.split
 
     def is_per_sample(self, n: int) -> bool:
         """Batch-first tensor output computed from batch-first tensor inputs.
@@ -76,8 +81,7 @@ class ModuleCall:
         Only then can the output's gradient be split by sample. A call that computes from
         parameters alone (a parametrization, a position table) is not per-sample.
         """
-        return (self.batch_first and not self.unsplit_batch_input and is_batched(self.output, n)
-                and bool(self.batched_tensors(n)))
+        return self.batch_first and not self.unsplit_batch_input and is_batched(self.output, n) and bool(self.split)
 
     def flattens_batch(self, n: int) -> bool:
         """The input is the batch flattened into rows sample by sample (``x.reshape(-1, d)`` of a
@@ -87,27 +91,6 @@ class ModuleCall:
         return (self.flattened_input and isinstance(first, Tensor) and isinstance(self.output, Tensor)
                 and self.output.dim() > 0 and self.output.shape[0] == first.shape[0])
 
-
-def sample_rows(value: Any, n: int) -> bool:
-    """A contiguous view of the whole of a contiguous batch-first tensor, with more rows than samples:
-    its rows are the samples' rows in order, n-th by n-th."""
-    if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] <= n or value.shape[0] % n:
-        return False
-    base = value._base
-    return bool(base is not None and base.dim() > 0 and base.shape[0] == n and base.is_contiguous()
-                and value.is_contiguous() and value.numel() == base.numel()
-                and value.storage_offset() == base.storage_offset())
-
-
-#: Functions that compute each row of their output from the same row of their inputs: the sample
-#: rows of a flattened batch stay the sample rows through them.
-_ROW_WISE = {
-    F.linear, F.layer_norm, F.rms_norm, F.group_norm, F.dropout, F.gelu, F.relu, F.silu, F.mish,
-    F.softplus, F.leaky_relu, F.elu, F.hardtanh, F.hardswish, torch.tanh, torch.sigmoid, torch.relu,
-    torch.Tensor.tanh, torch.Tensor.sigmoid, torch.Tensor.relu, torch.add, torch.sub, torch.mul, torch.div,
-    torch.Tensor.add, torch.Tensor.sub, torch.Tensor.mul, torch.Tensor.div, torch.Tensor.to,
-    torch.Tensor.contiguous, torch.Tensor.float, torch.Tensor.type_as,
-}
 
 @dataclass(eq=False)
 class OpUse:
@@ -127,6 +110,10 @@ class OpUse:
     derives: bool  # its output is computed from parameters without batch data (e.g. position embeddings)
     version: int = 0
     batch_first: bool = True  # as ModuleCall.batch_first, for the output
+    split: frozenset[int] = frozenset()  # as ModuleCall.split: ids of operands holding the samples first
+
+    def splits(self, value: Any) -> bool:
+        return id(value) in self.split
 
 
 def _getter(name: str) -> Any:
@@ -215,12 +202,39 @@ class _ParameterUses(TorchFunctionMode):
                 "or call it with max_norm=None"
             )
         output = func(*args, **kwargs)
-        if batched:  # computed from the batch: so is whatever it returns
+        if batched and func not in _FACTORIES:  # computed from the batch: so is whatever it returns (or changes in place)
+            recorder.note_layouts(func, args, kwargs, output)
             recorder.note_batch_data(output)
-            recorder.note_rows(func, args, kwargs, output)
         if operands:
             recorder.note_op(func, args, kwargs, output, operands, batched)
         return output
+
+
+#: Functions that take a tensor for its shape, dtype and device only: their results are constants.
+_FACTORIES = {torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_full, torch.Tensor.new_empty,
+              torch.Tensor.new_tensor, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
+              torch.rand_like, torch.randn_like, torch.randint_like}
+
+
+_EXPANSIONS = {torch.Tensor.expand, torch.Tensor.expand_as, torch.broadcast_to, torch.Tensor.broadcast_to,
+               torch.Tensor.repeat, torch.tile, torch.Tensor.tile}
+
+
+def _expands_over_batch(func, args: tuple, output: Any) -> bool:
+    """An expansion whose first dim was added or broadcast from 1 (``cls_token.expand(n, -1, -1)``)."""
+    source = args[0] if args else None
+    return (func in _EXPANSIONS and isinstance(source, Tensor) and isinstance(output, Tensor)
+            and (source.dim() < output.dim() or source.shape[0] == 1))
+
+
+def _in_place(func) -> bool:
+    """A function that changes its first operand in place (``x.add_(y)``, ``x[i] = y``, ``x += y``)."""
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.startswith("__")) or name in _IN_PLACE_DUNDERS
+
+
+_IN_PLACE_DUNDERS = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+                     "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__"}
 
 
 def _renorms(args: tuple, kwargs: dict) -> bool:
@@ -257,8 +271,9 @@ class ForwardRecorder:
         #: tensors computed from the batch (the model's inputs and everything made from them), by id;
         #: weakly held, so that a freed tensor's id, reused by another, is not taken for it
         self.batch_data: dict[int, weakref.ref] = {}
-        #: ids of tensors that are the batch flattened into rows, sample by sample (kept alive)
-        self.sample_rows: set[int] = set()
+        #: where batch-data tensors hold the samples: id -> (the tensor, weakly held; its layout
+        #: (dim, rows per sample), see :mod:`specreach.lnp.alignment`)
+        self.layouts: dict[int, tuple[weakref.ref, Layout]] = {}
         #: ids of modules whose output the model modifies in place (``x += shortcut``): the model gets
         #: a copy, and the recorded output keeps its own gradient
         self.copy_outputs: set[int] = set()
@@ -271,27 +286,6 @@ class ForwardRecorder:
     def root(self) -> ModuleCall:
         return self.calls[0]
 
-    def note_rows(self, func, args: tuple, kwargs: dict, output: Any) -> None:
-        """Follow the batch flattened into rows: views of the batch start it; row-wise functions keep it."""
-        if not isinstance(output, Tensor) or self.n is None:
-            return
-        if sample_rows(output, self.n):
-            self.sample_rows.add(id(output))
-            self._kept.append(output)
-            return
-        if func not in _ROW_WISE or output.dim() == 0:
-            return
-        rows = output.shape[0]
-        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)]
-        flattened = [v for v in tensors if id(v) in self.sample_rows]
-        if not flattened or any(v.shape[0] != rows for v in flattened):
-            return
-        # every other operand is the same rows, or the same for every row (broadcast, parameters)
-        if all(id(v) in self.sample_rows or v.dim() < output.dim() or v.shape[0] == 1 or not self.is_batch_data(v)
-               for v in tensors):
-            self.sample_rows.add(id(output))
-            self._kept.append(output)
-
     def note_batch_data(self, values: Any) -> None:
         for value in pytree.tree_leaves(values):
             if isinstance(value, Tensor):
@@ -300,6 +294,41 @@ class ForwardRecorder:
     def is_batch_data(self, value: Any) -> bool:
         ref = self.batch_data.get(id(value))
         return ref is not None and ref() is value
+
+    def layout(self, value: Any) -> Layout | None:
+        """Where ``value`` holds the samples: (dim, rows per sample), or None."""
+        entry = self.layouts.get(id(value))
+        return entry[1] if entry is not None and entry[0]() is value else None
+
+    def holds_samples_first(self, value: Any) -> bool:
+        return self.layout(value) == (0, 1)
+
+    def holds_rows_first(self, value: Any) -> bool:
+        """The batch flattened into rows: the samples first, several rows each, in order."""
+        found = self.layout(value)
+        return found is not None and found[0] == 0 and found[1] > 1
+
+    def splits_by_sample(self, value: Any) -> bool:
+        """Whether the fast path may split ``value`` by sample along its first dim: it holds the samples
+        there, or it is not computed from the batch and has the batch size first (a per-sample state made
+        with ``x.new_zeros(n, d)``, a ``cls_token`` expanded over the batch)."""
+        if self.is_batch_data(value):
+            return self.holds_samples_first(value)
+        return is_batched(value, self.n)
+
+    def _note_layout(self, value: Tensor, found: Layout | None) -> None:
+        if found is not None and self.n is not None and value.shape[found[0]] == self.n * found[1]:
+            self.layouts[id(value)] = (weakref.ref(value), found)
+        else:
+            self.layouts.pop(id(value), None)
+
+    def note_layouts(self, func, args: tuple, kwargs: dict, output: Any) -> None:
+        """Where each result (and the operand an in-place function changed) holds the samples."""
+        changed = [args[0]] if args and isinstance(args[0], Tensor) and _in_place(func) else []
+        values = [v for v in [*pytree.tree_leaves(output), *changed] if isinstance(v, Tensor) and v.dim() > 0]
+        found = {id(v): layout(func, args, kwargs, v, self.n, self.layout, self.is_batch_data) for v in values}
+        for value in values:
+            self._note_layout(value, found[id(value)])
 
     def note_op(self, func, args: tuple, kwargs: dict, output: Any, operands: list, batched: bool) -> None:
         call = self._stack[-1] if self._stack else None
@@ -311,12 +340,15 @@ class ForwardRecorder:
                      and _is_transpose(func, args, kwargs))
         differentiable = torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad
         # Computed from parameters (and constants) alone: a later broadcast use is the per-sample one.
-        # A batch-shaped result (a cls_token expanded over the batch) is where its per-sample gradient
-        # is taken, so it is a use, not a batch-free intermediate.
+        # Expanded over the batch (a cls_token), it is where its per-sample gradient is taken, so it is a
+        # use, not a batch-free intermediate; anything else from parameters alone has no samples (its
+        # first dim may equal the batch size by chance: T5's (heads, q, k) position bias with heads = n).
         derives = (not transpose and not batched and differentiable and self.n is not None
-                   and not is_batched(output, self.n))
+                   and not (is_batched(output, self.n) and _expands_over_batch(func, args, output)))
         use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose, derives,
-                    output._version if isinstance(output, Tensor) else 0)
+                    output._version if isinstance(output, Tensor) else 0,
+                    batch_first=not batched or not is_batched(output, self.n) or self.holds_samples_first(output),
+                    split=frozenset(id(v) for _, v in _operands(args, kwargs) if self.splits_by_sample(v)))
         self.op_uses.append(use)
         if transpose and isinstance(output, Tensor):
             pid, _, transposed, _ = operands[0]
@@ -350,7 +382,7 @@ class ForwardRecorder:
         self.transposes.clear()
         self.derived.clear()
         self.batch_data.clear()
-        self.sample_rows.clear()
+        self.layouts.clear()
         self._kept.clear()
 
     def _tick(self) -> int:
@@ -363,6 +395,9 @@ class ForwardRecorder:
             if parent is None and self.n is None:
                 self.n = _batch_size_of((*args, *kwargs.values()))
                 self.note_batch_data((args, kwargs))
+                for value in pytree.tree_leaves((args, kwargs)):  # by contract, the samples come first
+                    if is_batched(value, self.n):
+                        self._note_layout(value, (0, 1))
             call = ModuleCall(path, module, parent, start=self._tick())
             self.calls.append(call)
             self._stack.append(call)
@@ -373,12 +408,13 @@ class ForwardRecorder:
         call = self._stack.pop()
         call.end = self._tick()
         call.args, call.kwargs, call.output = args, kwargs, output
-        call.flattened_input = bool(args) and self.n is not None and (
-            id(args[0]) in self.sample_rows or sample_rows(args[0], self.n))
-        if call.parent is not None and self.n is not None:  # the model's own inputs are batch-first by contract
-            call.unsplit_batch_input = any(
-                isinstance(value, Tensor) and value.dim() > 0 and not is_batched(value, self.n) and self.is_batch_data(value)
-                for value in pytree.tree_leaves((args, kwargs)))
+        call.flattened_input = bool(args) and self.holds_rows_first(args[0])
+        inputs = [v for v in pytree.tree_leaves((args, kwargs)) if isinstance(v, Tensor) and v.dim() > 0]
+        call.split = frozenset(id(v) for v in inputs if self.splits_by_sample(v))
+        if call.parent is not None:  # the model's own inputs and outputs hold the samples first by contract
+            call.unsplit_batch_input = any(id(v) not in call.split and self.is_batch_data(v) for v in inputs)
+            if is_batched(output, self.n) and self.is_batch_data(output) and not self.holds_samples_first(output):
+                call.batch_first = False
         if isinstance(output, Tensor):
             call.version = output._version
             if id(module) in self.copy_outputs:  # the model changes it in place: hand it a copy

@@ -28,6 +28,8 @@ from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from opacus.grad_sample.instance_norm import compute_instance_norm_grad_sample
 from torch import nn
 
+from specreach.lnp import grad_samplers
+
 #: (layer, activations, backprops) -> {parameter: per-sample gradients}, Opacus's grad-sampler signature.
 GradSampler = Callable[..., dict]
 
@@ -63,6 +65,12 @@ def _conv_refusal(layer: nn.Module) -> str | None:
     return _complex_refusal(layer)
 
 
+def _batch_norm_refusal(layer: nn.Module) -> str | None:
+    if layer.training or layer.running_mean is None:  # type: ignore[union-attr]
+        return "the batch's own statistics (the rule normalizes with the running statistics)"
+    return _complex_refusal(layer)
+
+
 def _instance_norm_refusal(layer: nn.Module) -> str | None:
     if layer.track_running_stats:  # type: ignore[union-attr]
         return "track_running_stats=True (the rule normalizes with the sample's own statistics)"
@@ -86,6 +94,9 @@ _RULES: dict[type, LayerRule] = {
     **{kind: LayerRule("grad_sampler", "affine with track_running_stats=False, real weights",
                        _instance_norm_refusal, compute_instance_norm_grad_sample)
        for kind in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    **{kind: LayerRule("grad_sampler", "affine, on running statistics (eval mode), any number of spatial dims, "
+                       "real weights", _batch_norm_refusal, grad_samplers.batch_norm)
+       for kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
 }
 
 

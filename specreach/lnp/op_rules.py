@@ -6,7 +6,8 @@ use is one torch function whose per-sample gradient has a closed form in that fu
 and its output gradient G (batch-first):
 
 - ``add``/``sub``/``mul`` with a parameter broadcast over the batch, and ``expand``: G (times the
-  other operand, for ``mul``) summed over the broadcast dims, per sample; the same for a tensor
+  other operand, for ``mul``; where the condition selects it, for ``torch.where``) summed over the
+  broadcast dims, per sample; the same for a tensor
   computed from parameters without batch data (Hugging Face's position embeddings
   ``wpe(position_ids)`` of shape (1, T, d)), whose per-sample cotangents are then pulled back to
   the parameters through the batch-free graph that made it;
@@ -111,11 +112,21 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
         sign = -1.0 if (func in _SUB and position == ("arg", 1)) else 1.0
         return OpRule("broadcast", use, parameter, factor=sign * (alpha if position == ("arg", 1) else 1),
                       derived=derived)
+    if func is torch.where and position in (("arg", 1), ("arg", 2)) and isinstance(args[0], Tensor):
+        # where(c, a, b): a's gradient is G where c holds, b's where it does not (T5's masked position bias)
+        operand = parameter if derived is None else derived
+        if transposed or not _broadcast_over_batch(operand, use.output):
+            return None
+        chosen = args[0] if position == ("arg", 1) else ~args[0]
+        return OpRule("broadcast", use, parameter, other=chosen, derived=derived)
+    if func is F.linear and derived is not None and not transposed and position in (("arg", 2), ("kw", "bias")):
+        # a bias computed from parameters (BEiT's cat(q_bias, zeros, v_bias)) is a broadcast add
+        return OpRule("broadcast", use, parameter, derived=derived)
     if derived is not None:
         return None  # only broadcasts of derived tensors have a rule
     if func is F.linear:
         inputs = args[0] if args else kwargs.get("input")
-        if not isinstance(inputs, Tensor) or not is_batched(inputs, n) or inputs.dim() < 2:
+        if not isinstance(inputs, Tensor) or not use.splits(inputs) or inputs.dim() < 2:
             return None
         if position in (("arg", 1), ("kw", "weight")):
             return OpRule("linear", use, parameter, other=inputs, transposed=transposed)
@@ -124,7 +135,7 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
         return None
     if func in _MATMUL and position == ("arg", 1) and parameter.dim() == 2:
         inputs = args[0]
-        if is_batched(inputs, n) and inputs.dim() >= 2:
+        if use.splits(inputs) and inputs.dim() >= 2:
             # x @ Wᵀ is F.linear(x, W); x @ W is a matmul with the parameter itself.
             return OpRule("linear" if transposed else "matmul", use, parameter, other=inputs)
         return None
@@ -132,7 +143,7 @@ def classify(use: OpUse, pid: int, parameter: Tensor, n: int) -> "OpRule | str |
         tokens = args[0] if args else kwargs.get("input")
         options = dict(zip(("padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse"), args[2:]))
         options.update(kwargs)
-        if options.get("max_norm") is not None or options.get("scale_grad_by_freq") or not is_batched(tokens, n):
+        if options.get("max_norm") is not None or options.get("scale_grad_by_freq") or not use.splits(tokens):
             return None
         return OpRule("embedding", use, parameter, other=(tokens, options.get("padding_idx")))
     return None

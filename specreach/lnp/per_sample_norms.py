@@ -249,7 +249,7 @@ class PerSampleNormTape:
             yield from _call_vjp(rule, backprop, n, self._vmap_failed)
             return
         module, call = rule.call.module, rule.call
-        flattened = not is_batched(call.args[0], n)  # rows of the flattened batch (see ModuleCall.flattens_batch)
+        flattened = not call.splits(call.args[0])  # rows of the flattened batch (see ModuleCall.flattens_batch)
         materialize = flattened or any(id(p) in self.coverage.summed for p in rule.parameters.values())
         layer = applicable_rule(module)
         assert layer is not None  # the plan gives a layer rule only to a layer within it
@@ -370,7 +370,7 @@ def _call_vjp(rule: RuleCall, backprop: Tensor, n: int, vmap_failed: set[int]):
     ``nn.LSTM``'s) in a loop over the samples.
     """
     call = rule.call
-    dims = pytree.tree_map(lambda v: 0 if is_batched(v, n) else None, (call.args, call.kwargs))
+    dims = pytree.tree_map(lambda v: 0 if call.splits(v) else None, (call.args, call.kwargs))
     inputs = pytree.tree_map(lambda v: v.detach() if isinstance(v, Tensor) else v, (call.args, call.kwargs))
     primals = {local: p.detach() for local, p in rule.parameters.items()}
 

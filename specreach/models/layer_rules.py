@@ -1,8 +1,10 @@
-"""Per-sample rules for the third-party layers the built-in models use, registered as plugin
-components (``register_layer_rules``) so that the measurement core imports neither package.
+"""Per-sample rules for third-party layers, registered as plugin components (``register_layer_rules``)
+so that the measurement core imports none of their packages.
 
 - muP's ``MuReadout`` (and ``MuSharedReadout``): a linear layer on ``output_mult · x / width_mult()``.
-- timm's ``LayerNorm``: ``nn.LayerNorm`` with an optional fused kernel, same math.
+- timm's ``LayerNorm``: ``nn.LayerNorm`` with an optional fused kernel, same math; ``LayerNorm2d``:
+  the same over the channels of an (n, C, H, W) input.
+- Hugging Face's ``Conv1D`` (GPT-2 and its kin): a linear layer with its weight stored transposed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ class TimmLayerNormRules:
         import timm.layers
         from torch import nn
 
-        from specreach.lnp.layer_rules import register_same_math
+        from specreach.lnp.grad_samplers import channels_first_layer_norm
+        from specreach.lnp.layer_rules import register_layer, register_same_math
 
         register_same_math(timm.layers.LayerNorm, nn.LayerNorm)
+        register_layer(timm.layers.LayerNorm2d, channels_first_layer_norm,
+                       "channels-first (n, C, *spatial) inputs, with or without bias, real weights")
+
+
+class TransformersConv1DRules:
+    name = "transformers-conv1d"
+    requires = "transformers"
+
+    @staticmethod
+    def install() -> None:
+        from transformers.pytorch_utils import Conv1D
+
+        from specreach.lnp.grad_samplers import transposed_linear
+        from specreach.lnp.layer_rules import register_layer
+
+        register_layer(Conv1D, transposed_linear, "any input shape (…, nx), with bias, real weights")
