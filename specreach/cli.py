@@ -274,13 +274,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from specreach.engine.run_listing import export, read_runs
+    from specreach.engine.run_listing import export, is_run_folder, read_runs
 
     runs = read_runs(args.directories)
-    output = Path(args.output) if args.output else Path(args.directories[0]) / f"metrics.{args.format}"
-    path = export(runs, output, args.format)
-    print(f"{path}: every metric row of {len(runs)} runs")
-    return 0
+    first = Path(args.directories[0])
+    if not args.output and is_run_folder(first):
+        raise ValueError(f"{first} is a run's folder, which export never writes into: give the file to write with "
+                         "--output PATH")
+    output = Path(args.output) if args.output else first / f"metrics.{args.format}"
+    rows = export(runs, output, args.format)
+    print(f"{output}: {rows} metric rows of {len(runs)} run{'s' * (len(runs) != 1)}")
+    for run in runs:
+        if run.cut_line:
+            print(f"note: {run.name}: the last line of {run.folder.metrics} is cut short (its process was killed "
+                  f"while writing it): exported its {len(run.rows)} whole rows", file=sys.stderr)
+    damaged = [run for run in runs if run.problem]
+    for run in damaged:
+        print(f"not exported: {run.name}: {run.problem}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -388,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "metadata, as one table")
     export.add_argument("directories", nargs="+", metavar="DIR", help="output folders (as for `specreach runs`)")
     export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: FIRST_DIR/metrics.FORMAT)")
+    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: FIRST_DIR/metrics.FORMAT; "
+                        "never a run's folder or a file a run recorded)")
     export.set_defaults(run=cmd_export)
 
     models = commands.add_parser("models", help="list the model presets of the paper's tables")
