@@ -503,6 +503,7 @@ def _stdout_is_closed() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from specreach.engine.executors import ExecutorFailed
     from specreach.engine.locks import FolderBusy
 
     args = parse(argv)
@@ -522,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as error:  # the file system or a server: say which path and what to do
         print(f"specreach {args.command}: error: {describe(error)}", file=sys.stderr)
+        return 1
+    except ExecutorFailed as error:
+        print(f"specreach {args.command}: error: {error}", file=sys.stderr)
         return 1
 
 
