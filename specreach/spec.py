@@ -37,6 +37,8 @@ MAX_STEPS = 10**9
 MAX_SEEDS = 10_000
 MAX_PROBES = 4096
 MAX_BATCH = 10**6
+#: AdamW moves every weight by about lr per step: beyond this no run learns, and float32 overflows.
+MAX_LR = 10.0
 #: Runs one spec may expand to (sizes × seeds × swept values × probes): counted before expanding.
 MAX_RUNS = 10_000
 #: Measured steps one run may have (a measurement costs several training steps).
@@ -206,7 +208,13 @@ class TrainSection(Strict):
         for size, lr in value.items():
             if not lr > 0:
                 raise ValueError(f"learning rate for size '{size}' must be positive and finite, got {lr}")
+            _usable_lr(lr, f"the learning rate of size '{size}'")
         return value
+
+    @field_validator("lr")
+    @classmethod
+    def _usable(cls, value: float):
+        return _usable_lr(value, "the learning rate")
 
     @field_validator("device")
     @classmethod
@@ -223,6 +231,13 @@ class TrainSection(Strict):
             raise ValueError(f"precision bf16-mixed autocasts a float32 model; dtype {self.dtype} leaves nothing to "
                              "autocast: set dtype: float32 (or precision: fp32)")
         return self
+
+
+def _usable_lr(lr: float, what: str) -> float:
+    if lr > MAX_LR:
+        raise ValueError(f"{what} {lr:g} is beyond any AdamW run (each step moves every weight by about lr, and "
+                         f"float32 overflows); give at most {MAX_LR:g}, typically 1e-4 to 1e-2")
+    return lr
 
 
 class LogWindows(Strict):

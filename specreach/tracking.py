@@ -87,6 +87,15 @@ class StoreBusy(TimeoutError):
 class DamagedStore(ValueError):
     """A tracking store file that MLflow cannot open."""
 
+    @classmethod
+    def of(cls, database: Path, reason: str) -> "DamagedStore":
+        return cls(f"{database}: cannot be opened as an MLflow store ({reason}); it is damaged or not a store: move "
+                   "it aside, and `specreach sync DIR` rebuilds MLflow's record from the run folders")
+
+
+#: What SQLite (through SQLAlchemy and MLflow's migrations) says of a file that is no usable store.
+DAMAGE = ("not a database", "malformed", "no such table", "file is encrypted", "Can't locate revision")
+
 
 def check_tracking_uri(uri: str) -> None:
     """Refuse, before anything is written, a URI for which MLflow has no tracking store."""
@@ -146,13 +155,27 @@ def initialise_store(uri: str) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as error:
             database = Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
-            if database is None or not database.is_file():
-                raise
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            raise DamagedStore(f"{database}: cannot be opened as an MLflow store ({reason}); it is damaged or not "
-                               "a store: move it aside, and `specreach sync DIR` rebuilds MLflow's record from the "
-                               "run folders") from None
+            if database is None or not database.is_file() or not any(sign in reason for sign in DAMAGE):
+                raise  # a full disk, a locked file, a server: not the store's fault
+            raise DamagedStore.of(database, reason) from None
     _initialised.add(uri)
+
+
+def own_store(directory: Path, uri: str | None) -> str | None:
+    """The tracking URI for an output folder that recorded ``uri``: its own SQLite store when ``uri`` is
+    the store that lived inside it at another path (the folder was moved or copied, and the store
+    came along), relocated to here; else ``uri``."""
+    if not uri or not uri.startswith(SQLITE_PREFIX) or not (directory / "mlflow.db").is_file():
+        return uri
+    database = Path(uri[len(SQLITE_PREFIX):])
+    here = local_tracking_uri(directory)
+    if uri == here or database.name != "mlflow.db" or uri != local_tracking_uri(database.parent):
+        return uri
+    relocate_store(directory / "mlflow.db", database.parent, directory)
+    warnings.warn(f"{directory} was moved (or copied) from {database.parent}: it tracks in its own store "
+                  f"{directory / 'mlflow.db'}, whose artifact locations now point here", stacklevel=3)
+    return here
 
 
 def relocate_store(database: Path, old_root: Path, new_root: Path) -> None:
@@ -161,12 +184,17 @@ def relocate_store(database: Path, old_root: Path, new_root: Path) -> None:
     import sqlite3
 
     old, new = old_root.resolve().as_uri(), new_root.resolve().as_uri()
-    with store_lock(f"{SQLITE_PREFIX}{database}"), contextlib.closing(sqlite3.connect(database)) as connection:
-        with connection:
-            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-                connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                                   f"WHERE substr({column}, 1, ?) = ? AND substr({column}, ?, 1) IN ('', '/')",
-                                   (new, len(old) + 1, len(old), old, len(old) + 1))
+    try:
+        with store_lock(f"{SQLITE_PREFIX}{database}"), contextlib.closing(sqlite3.connect(database)) as connection:
+            with connection:
+                for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                    connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                       f"WHERE substr({column}, 1, ?) = ? AND substr({column}, ?, 1) IN ('', '/')",
+                                       (new, len(old) + 1, len(old), old, len(old) + 1))
+    except sqlite3.DatabaseError as error:
+        if not any(sign in str(error) for sign in DAMAGE):
+            raise OSError(f"{database}: cannot update the MLflow store ({error})") from None
+        raise DamagedStore.of(database, str(error)) from None
 
 
 def reachable(uri: str) -> bool:

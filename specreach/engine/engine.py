@@ -40,9 +40,7 @@ from specreach.engine.run_folder import RunFolder, read_json, write_atomically
 from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, computed, differences, expand, fingerprint
 from specreach.plugins import create
 from specreach.spec import Spec
-from specreach.tracking import (
-    SQLITE_PREFIX, Tracker, check_tracking_uri, default_tracking_uri, flatten, local_tracking_uri, relocate_store,
-)
+from specreach.tracking import Tracker, check_tracking_uri, default_tracking_uri, flatten, own_store
 
 
 class ChangedSpec(ValueError):
@@ -80,12 +78,8 @@ class Engine:
         spec = load_spec(spec_path, overrides)
         state = read_json(directory / "engine.json", "delete it to start a new parent run in MLflow")
         recorded_uri = state.get("tracking_uri")
-        moved_from = _moved_from(directory, recorded_uri) if tracking_uri is None else None
-        if moved_from is not None:  # its SQLite store moved with it: track there, not at the old place
-            relocate_store(directory / "mlflow.db", moved_from, directory)
-            recorded_uri = local_tracking_uri(directory)
-            warnings.warn(f"{directory} was moved from {moved_from}: its runs go on tracking in {directory / 'mlflow.db'}"
-                          ", whose artifact locations now point here", stacklevel=2)
+        if tracking_uri is None:
+            recorded_uri = own_store(directory, recorded_uri)
         engine = cls(spec, output=directory.parent, tracking_uri=tracking_uri or recorded_uri)
         engine.root = directory  # the folder as it is named now (a renamed folder is still this spec's)
         return engine
@@ -290,17 +284,6 @@ def _never_started(run: RunSpec, stopped: bool) -> RunResult:
                                                                      "--resume` runs it")
     return RunResult(run.name, "FAILED", None, run.output_dir, "never started: the executor ended without running "
                                                                  "it; `specreach run --resume` runs it")
-
-
-def _moved_from(directory: Path, uri: str | None) -> Path | None:
-    """The folder ``directory`` was moved (or copied) from, when its engine recorded the SQLite store
-    that lived inside it there and the store came along."""
-    if not uri or not uri.startswith(SQLITE_PREFIX) or not (directory / "mlflow.db").is_file():
-        return None
-    database = Path(uri[len(SQLITE_PREFIX):])
-    if database.name != "mlflow.db" or uri != local_tracking_uri(database.parent):
-        return None
-    return database.parent if database.parent != directory.resolve() else None
 
 
 def _checkpoint_fingerprint(folder: RunFolder) -> str | None:

@@ -10,6 +10,7 @@ for locks whose holders write nothing (the MLflow store's).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -43,11 +44,16 @@ class FolderLock:
             handle.close()
             raise FolderBusy(f"{self.what} {self.folder} is in use by {holder}; wait for it to finish, or stop it "
                              f"(kill {self._pid_of(holder)}) and resume with `specreach run --resume`") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime(
-            "%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime(
+                "%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}))
+            handle.flush()
+        except OSError as error:  # a full disk: name the file
+            with contextlib.suppress(OSError):  # closing flushes again, and fails again
+                handle.close()
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
         self._handle = handle
         return self
 

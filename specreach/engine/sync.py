@@ -34,12 +34,14 @@ def _root_and_runs(directory: Path) -> tuple[Path, list[RunFolder]]:
 def sync(directory: str | Path, tracking_uri: str | None = None) -> Iterator[str]:
     """Sync every run under ``directory``; yields a line per run saying what was sent."""
     from specreach.engine.sinks import MlflowSink
-    from specreach.tracking import Tracker, check_tracking_uri, initialise_store, local_tracking_uri, reachable
+    from specreach.tracking import (
+        Tracker, check_tracking_uri, initialise_store, local_tracking_uri, own_store, reachable,
+    )
 
     directory = Path(directory)
     root, folders = _root_and_runs(directory)
     engine_state = read_json(root / "engine.json", "delete it; sync then starts a new parent run")
-    uri = tracking_uri or engine_state.get("tracking_uri") or local_tracking_uri(root)
+    uri = tracking_uri or own_store(root, engine_state.get("tracking_uri")) or local_tracking_uri(root)
     spec = _spec(root)
     experiment = (spec.get("tracking") or {}).get("experiment") or spec.get("name") or root.name
     check_tracking_uri(uri)
