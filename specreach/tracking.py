@@ -172,7 +172,10 @@ def own_store(directory: Path, uri: str | None) -> str | None:
     here = local_tracking_uri(directory)
     if uri == here or database.name != "mlflow.db" or uri != local_tracking_uri(database.parent):
         return uri
-    relocate_store(directory / "mlflow.db", database.parent, directory)
+    try:
+        relocate_store(directory / "mlflow.db", database.parent, directory)
+    except DamagedStore:  # said where the store is used; the folder still tracks in its own
+        return here
     warnings.warn(f"{directory} was moved (or copied) from {database.parent}: it tracks in its own store "
                   f"{directory / 'mlflow.db'}, whose artifact locations now point here", stacklevel=3)
     return here
