@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -247,6 +248,82 @@ def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_p
     for folder in folders:
         assert status_of(folder)["status"] == "FINISHED"
     assert_every_step_logged_once(root, "long", "s-seed0", 400)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_is_replaced_and_the_sweep_ends_honestly(tmp_path):
+    """Killed between runs, a worker held no run; the run handed out next (one that needed another)
+    used to meet a broken pipe that ended the sweep quietly with exit 0."""
+    spec = {**LONG, "name": "idle", "measure": {**LONG["measure"], "schedule": [0, 5]},
+            "train": {**LONG["train"], "checkpoint_every": None}, "probe": {"backbones": ["trained"], "steps": 8},
+            "sweep": {"train.steps": [8, 600]}}
+    process = start_cli("run", write_spec(tmp_path, spec), "--executor", "processes", "--workers", "2",
+                        "--output", tmp_path)
+    runs = tmp_path / "idle" / "runs"
+    short_probe, long_run = runs / "steps=8-s-seed0-probe-trained", runs / "steps=600-s-seed0"
+    wait_until(lambda: status_of(short_probe).get("status") == "FINISHED", what="the short run and its probe")
+    assert status_of(long_run).get("status") == "RUNNING"  # the other worker is busy: this one is idle
+    os.kill(status_of(short_probe)["pid"], signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    names = ["steps=8-s-seed0", "steps=8-s-seed0-probe-trained", "steps=600-s-seed0",
+             "steps=600-s-seed0-probe-trained"]
+    for name in names:
+        assert status_of(runs / name)["status"] == "FINISHED", name
+        assert re.search(rf"^{re.escape(name)} +FINISHED", stdout, re.MULTILINE), stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_first_worker_starts_stops_the_sweep_without_a_false_cause(tmp_path):
+    """The worker's own start was interrupted too, and the error blamed a missing main guard."""
+    process = subprocess.Popen([sys.executable, "-m", "specreach.cli", "run", str(write_spec(tmp_path, LONG)),
+                                "--executor", "processes", "--workers", "1", "--output", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def worker_started() -> bool:
+        for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"multiprocessing" in command and b"resource_tracker" not in command:
+                return True
+        return False
+
+    wait_until(worker_started, timeout=300, what="the first worker process")
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "__main__" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "s-seed0  KILLED" in stdout and f"specreach run --resume {tmp_path / 'tiny'}" in stdout
+
+
+def test_resume_takes_execution_overrides_and_another_executor_drops_the_old_ones_params(tmp_path):
+    root = tmp_path / "out" / "tiny"
+    root.mkdir(parents=True)
+    write_spec(root, {**SWEEP, "execution": {"kind": "processes", "params": {"workers": 2}}})  # as a run wrote it
+    done = cli("run", "--resume", root, "execution.params.workers=1", "--dry-run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "executor processes" in done.stdout and "workers: 1" in done.stdout
+    done = cli("run", "--resume", root, "--executor", "local", "--dry-run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "executor local" in done.stdout
+    done = cli("run", "--resume", root, "train.lr=1")
+    assert done.returncode == 2 and "only execution.* may be overridden, not train.lr=1" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_ray_address_nothing_listens_on_is_named_within_seconds(tmp_path):
+    import time
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = cli("run", write_spec(tmp_path, LONG), "--executor", "ray", f"execution.params.address={address}",
+               "--output", tmp_path, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert time.monotonic() - started < 120
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"execution.params.address {address}: no Ray cluster answers there (Connection refused)" in done.stderr
 
 
 # --- a Ray cluster -------------------------------------------------------------------------------
