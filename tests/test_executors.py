@@ -131,6 +131,29 @@ def test_a_plugins_executor_is_chosen_by_the_spec_with_its_own_parameters(tmp_pa
     assert [(r.name, r.message) for r in results] == [("s-seed0", "recorded by mine"), ("m-seed0", "recorded by mine")]
 
 
+def test_a_run_an_executor_never_started_still_ends_with_a_status_and_why(tmp_path, recording_plugin):
+    from specreach import Engine
+
+    class Forgetful(RecordingExecutor):
+        name = "forgetful"
+
+        def run(self, runs, stop, done=None):  # runs the first run only, and forgets the rest
+            return super().run(runs, stop, done)[:1]
+
+    plugin = types.ModuleType("forgetful_plugin")
+    plugin.register_executors = hookimpl(lambda register: register(Forgetful))
+    get_plugin_manager().register(plugin, name="forgetful-plugin")
+    try:
+        spec = load_spec(write_spec(tmp_path), ["execution.kind=forgetful", "execution.params.label=x",
+                                                f"output={tmp_path / 'out'}", "tracking.enabled=false"])
+        results = Engine(spec).run()
+    finally:
+        get_plugin_manager().unregister("forgetful-plugin")
+    assert [(r.name, r.status) for r in results] == [("s-seed0", "FAILED"), ("m-seed0", "FAILED")]
+    assert results[1].message == "never started: the executor ended without running it; `specreach run --resume` " \
+                                 "runs it"
+
+
 def test_executor_overrides_on_the_command_line_are_validated(tmp_path):
     path = write_spec(tmp_path)
     spec = load_spec(path, ["execution.kind=processes", "execution.params.workers=2"])
