@@ -21,7 +21,7 @@ def _feed(hasher: "hashlib._Hash", value: Any) -> None:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         hasher.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
     elif isinstance(value, Mapping):
         hasher.update(f"mapping {len(value)};".encode())
         for key in sorted(value, key=repr):

@@ -174,7 +174,8 @@ class ProcessExecutor(Executor):
         code = worker.process.exitcode
         if not worker.ready:
             if stop.is_set():  # stopped while it started: the run never began, --resume runs it
-                plan.retry(run)
+                if run is not None:
+                    plan.retry(run)
                 return
             raise RuntimeError(KILLED_STARTING.format(signal=-code) if code is not None and code < 0
                                else NOT_STARTED.format(code=code))
