@@ -322,18 +322,23 @@ def test_ctrl_c_while_the_first_worker_starts_stops_the_sweep_without_a_false_ca
     assert "s-seed0  KILLED" in stdout and f"specreach run --resume {tmp_path / 'tiny'}" in stdout
 
 
-def test_resume_takes_execution_overrides_and_another_executor_drops_the_old_ones_params(tmp_path):
+def test_resume_takes_execution_overrides_and_another_executor_drops_the_old_ones_params(tmp_path, capsys):
+    from specreach.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main(["run", *map(str, args)])
+        return code, capsys.readouterr()
+
     root = tmp_path / "out" / "tiny"
     root.mkdir(parents=True)
     write_spec(root, {**SWEEP, "execution": {"kind": "processes", "params": {"workers": 2}}})  # as a run wrote it
-    done = cli("run", "--resume", root, "execution.params.workers=1", "--dry-run")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "executor processes" in done.stdout and "workers: 1" in done.stdout
-    done = cli("run", "--resume", root, "--executor", "local", "--dry-run")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "executor local" in done.stdout
-    done = cli("run", "--resume", root, "train.lr=1")
-    assert done.returncode == 2 and "only execution.* may be overridden, not train.lr=1" in done.stderr
+    code, output = run("--resume", root, "execution.params.workers=1", "--dry-run")
+    assert code == 0 and "executor processes" in output.out and "workers: 1" in output.out, output.err
+    code, output = run("--resume", root, "--executor", "local", "--dry-run")
+    assert code == 0 and "executor local" in output.out, output.err
+    code, output = run("--resume", root, "train.lr=1")
+    assert code == 2 and "only execution.* may be overridden, not train.lr=1" in output.err
 
 
 @pytest.mark.slow

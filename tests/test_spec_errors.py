@@ -262,31 +262,28 @@ def test_verbose_shows_what_quiet_hides(tmp_path):
 
 # --- round two: what reads outside the spec, sweep values, sizes ----------------------------------------
 
-def test_no_resolver_reads_the_environment_however_it_is_assembled(tmp_path, monkeypatch):
+def test_no_resolver_reads_the_environment_however_it_is_assembled(tmp_path, validate, monkeypatch):
     """oc.decode turns text into an interpolation: '$' from one key and '{oc.env:…}' from another made
     ${oc.env:…}, which spec.yaml and MLflow params would then hold (in the file or as overrides)."""
-    from engine_helpers import cli
-
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     decode = "${oc.decode:'${tracking.experiment}{oc.env:SECRET_TOKEN}'}"
     path = tmp_path / "decode.yaml"
     path.write_text(spec_text(tracking={"experiment": "$", "run_name": decode}))
-    done = cli("run", path, "--dry-run")
-    assert done.returncode == 2 and "hunter2" not in done.stdout + done.stderr
+    error = refused(validate, path)
+    assert "hunter2" not in error
     assert f"{path}:{line_of(path, 'run_name:')}: tracking.run_name: calls the resolver 'oc.decode': a spec may " \
-           "refer to its own keys" in done.stderr
-    done = cli("run", write_spec(tmp_path), "--dry-run", "tracking.experiment=$", f'tracking.run_name="{decode}"')
-    assert done.returncode == 2 and "hunter2" not in done.stdout + done.stderr
-    assert f"override 'tracking.run_name=\"{decode}\"': tracking.run_name: calls the resolver 'oc.decode'" \
-        in done.stderr
+           "refer to its own keys" in error
+    error = refused(validate, write_spec(tmp_path), "tracking.experiment=$", f'tracking.run_name="{decode}"')
+    assert "hunter2" not in error
+    assert f"override 'tracking.run_name=\"{decode}\"': tracking.run_name: calls the resolver 'oc.decode'" in error
     # Without any resolver, references alone can still spell '${oc.env:…}': refused once resolved, since
     # spec.yaml holds the resolved text and --resume would resolve it again.
     path.write_text(spec_text(tracking={"experiment": "$", "run_name": "${tracking.experiment}{oc.env:SECRET_TOKEN}"}))
-    done = cli("validate", path)
-    assert done.returncode == 1 and "hunter2" not in done.stdout + done.stderr
+    error = refused(validate, path)
+    assert "hunter2" not in error
     assert f"{path}:{line_of(path, 'run_name:')}: tracking.run_name: resolves to text that is an interpolation " \
-           "again" in done.stderr
-    assert cli("validate", write_spec(tmp_path), "tracking.run_name=${name}-parent").returncode == 0  # a reference
+           "again" in error
+    assert validate(write_spec(tmp_path), "tracking.run_name=${name}-parent").returncode == 0  # a reference
 
 
 def test_sweep_values_are_checked_as_their_keys_type_and_must_differ(tmp_path, validate):
@@ -318,25 +315,19 @@ def test_a_sweep_of_a_million_runs_is_counted_not_expanded(tmp_path):
            "spec may expand to" in done.stderr
 
 
-def test_sizes_of_runs_and_schedules_are_bounded_at_validate(tmp_path):
+def test_sizes_of_runs_and_schedules_are_bounded_at_validate(tmp_path, validate):
     """Each was valid before, then failed in the run (Errno 36, MemoryError, an overflow in AdamW)."""
-    from engine_helpers import cli
-
     path = write_spec(tmp_path)
     long_size = "a" * 300
-    done = cli("validate", path, f"model.sizes={{{long_size}: {{hidden: 8, ff: 16}}}}")
-    assert done.returncode == 1 and f"model.sizes.{long_size}: makes run names of 306 characters, but a folder's " \
-                                    "name holds at most 255" in done.stderr
-    done = cli("validate", path, "train.steps=1e9", "measure.schedule={every: 1}")
-    assert done.returncode == 1 and "measure.schedule: measures 1,000,000,000 of the 1,000,000,000 training steps, " \
-                                    "more than the 1,000,000 a run may measure" in done.stderr
-    done = cli("validate", path, "train.lr=1e300")
-    assert done.returncode == 1 and "train.lr: the learning rate 1e+300 is beyond any AdamW run" in done.stderr
-    done = cli("validate", path, "measure.batch_size=64")
-    assert done.returncode == 1 and "measure.batch_size: 64 is more than the 16 samples of the validation pool " \
-                                    "(data.params.validation_size) that batch B is drawn from" in done.stderr
-    for done in (cli("validate", path, "measure.batch_size=16"), cli("validate", path, "train.steps=1e9")):
-        assert done.returncode == 0, done.stderr
+    assert f"model.sizes.{long_size}: makes run names of 306 characters, but a folder's name holds at most 255" in \
+        refused(validate, path, f"model.sizes={{{long_size}: {{hidden: 8, ff: 16}}}}")
+    assert "measure.schedule: measures 1,000,000,000 of the 1,000,000,000 training steps, more than the 1,000,000 a " \
+           "run may measure" in refused(validate, path, "train.steps=1e9", "measure.schedule={every: 1}")
+    assert "train.lr: the learning rate 1e+300 is beyond any AdamW run" in refused(validate, path, "train.lr=1e300")
+    assert "measure.batch_size: 64 is more than the 16 samples of the validation pool (data.params.validation_size) " \
+           "that batch B is drawn from" in refused(validate, path, "measure.batch_size=64")
+    for overrides in (["measure.batch_size=16"], ["train.steps=1e9"]):
+        assert validate(path, *overrides).returncode == 0, overrides
 
 
 def test_deep_brackets_a_folder_for_a_spec_and_zero_workers_are_told_what_to_do(tmp_path):
