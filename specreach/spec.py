@@ -37,8 +37,8 @@ MAX_STEPS = 10**9
 MAX_SEEDS = 10_000
 MAX_PROBES = 4096
 MAX_BATCH = 10**6
-#: AdamW moves every weight by about lr per step: beyond this no run learns, and float32 overflows.
-MAX_LR = 10.0
+#: The largest float32: AdamW's first update divides lr by 1 − β1, which must stay below it.
+FLOAT32_MAX = 3.4028234663852886e38
 #: Runs one spec may expand to (sizes × seeds × swept values × probes): counted before expanding.
 MAX_RUNS = 10_000
 #: Measured steps one run may have (a measurement costs several training steps).
@@ -208,13 +208,7 @@ class TrainSection(Strict):
         for size, lr in value.items():
             if not lr > 0:
                 raise ValueError(f"learning rate for size '{size}' must be positive and finite, got {lr}")
-            _usable_lr(lr, f"the learning rate of size '{size}'")
         return value
-
-    @field_validator("lr")
-    @classmethod
-    def _usable(cls, value: float):
-        return _usable_lr(value, "the learning rate")
 
     @field_validator("device")
     @classmethod
@@ -231,13 +225,6 @@ class TrainSection(Strict):
             raise ValueError(f"precision bf16-mixed autocasts a float32 model; dtype {self.dtype} leaves nothing to "
                              "autocast: set dtype: float32 (or precision: fp32)")
         return self
-
-
-def _usable_lr(lr: float, what: str) -> float:
-    if lr > MAX_LR:
-        raise ValueError(f"{what} {lr:g} is beyond any AdamW run (each step moves every weight by about lr, and "
-                         f"float32 overflows); give at most {MAX_LR:g}, typically 1e-4 to 1e-2")
-    return lr
 
 
 class LogWindows(Strict):
@@ -418,6 +405,20 @@ class Spec(Strict):
             # Cross-section problems name their key first: config.py points at its line.
             raise ValueError(f"train.lr_per_size: names sizes that the model does not sweep: {sorted(unknown)} "
                              f"(sizes: {sizes}); when the sizes were replaced, drop it (override ~train.lr_per_size)")
+        return self
+
+    @model_validator(mode="after")
+    def _learning_rates_fit_float32(self):
+        """AdamW's first step moves weights by lr / (1 − β1) and decays them by lr · weight_decay: past
+        float32's range torch fails with 'value cannot be converted to type float without overflow'."""
+        train = self.train
+        rates = {"train.lr": train.lr, **{f"train.lr_per_size.{size}": lr for size, lr in train.lr_per_size.items()}}
+        for key, lr in rates.items():
+            largest = max(lr / (1 - train.betas[0]), lr * train.weight_decay)
+            if largest > FLOAT32_MAX:
+                raise ValueError(f"{key}: {lr:g} makes AdamW's first update {largest:.3g}, beyond float32's range "
+                                 f"({FLOAT32_MAX:.3g}), so the run could not take a step; learning rates are "
+                                 "typically 1e-4 to 1e-2")
         return self
 
     @model_validator(mode="after")

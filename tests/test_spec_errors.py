@@ -316,14 +316,16 @@ def test_a_sweep_of_a_million_runs_is_counted_not_expanded(tmp_path):
 
 
 def test_sizes_of_runs_and_schedules_are_bounded_at_validate(tmp_path, validate):
-    """Each was valid before, then failed in the run (Errno 36, MemoryError, an overflow in AdamW)."""
+    """Each was valid before, then failed in the run (Errno 36, MemoryError, 'value cannot be converted to type
+    float without overflow' in AdamW)."""
     path = write_spec(tmp_path)
     long_size = "a" * 300
     assert f"model.sizes.{long_size}: makes run names of 306 characters, but a folder's name holds at most 255" in \
         refused(validate, path, f"model.sizes={{{long_size}: {{hidden: 8, ff: 16}}}}")
     assert "measure.schedule: measures 1,000,000,000 of the 1,000,000,000 training steps, more than the 1,000,000 a " \
            "run may measure" in refused(validate, path, "train.steps=1e9", "measure.schedule={every: 1}")
-    assert "train.lr: the learning rate 1e+300 is beyond any AdamW run" in refused(validate, path, "train.lr=1e300")
+    assert "train.lr: 1e+300 makes AdamW's first update 1e+301, beyond float32's range (3.4e+38), so the run could " \
+           "not take a step" in refused(validate, path, "train.lr=1e300")
     assert "measure.batch_size: 64 is more than the 16 samples of the validation pool (data.params.validation_size) " \
            "that batch B is drawn from" in refused(validate, path, "measure.batch_size=64")
     for overrides in (["measure.batch_size=16"], ["train.steps=1e9"]):
