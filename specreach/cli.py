@@ -9,6 +9,7 @@ warnings appear only with ``-v``. Bad input and refusals print one clear message
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -19,13 +20,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from specreach.engine import Engine
 
     execution = [f"execution.kind={args.executor}"] if args.executor else []
-    execution += [f"execution.params.workers={args.workers}"] if args.workers else []
+    execution += [f"execution.params.workers={args.workers}"] if args.workers is not None else []
     if args.resume:
-        if args.spec:  # argparse reads the first override as the spec
-            raise ValueError("--resume continues a run directory as it was; give no spec with it "
-                             "(execution.* overrides and --executor may change how its runs execute)")
-        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri,
-                               overrides=[*execution, *args.overrides])
+        overrides = list(args.overrides)
+        if args.spec and _is_override(args.spec):  # argparse reads the first override as the spec
+            overrides.insert(0, args.spec)
+        elif args.spec:
+            raise ValueError(f"--resume continues a run directory as it was; give no spec with it (got {args.spec}; "
+                             "execution.* overrides and --executor may change how its runs execute)")
+        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri, overrides=[*execution, *overrides])
     else:
         if not args.spec:
             raise ValueError("give a spec file (or --resume DIR)")
@@ -58,6 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"interrupted; continue with: specreach run --resume {engine.root}")
         return 130
     return 1 if any(r.status == "FAILED" for r in results) else 0
+
+
+def _is_override(text: str) -> bool:
+    return "=" in text or text.startswith(("~", "+"))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -267,13 +274,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from specreach.engine.run_listing import export, read_runs
+    from specreach.engine.run_listing import export, is_run_folder, read_runs
 
     runs = read_runs(args.directories)
-    output = Path(args.output) if args.output else Path(args.directories[0]) / f"metrics.{args.format}"
-    path = export(runs, output, args.format)
-    print(f"{path}: every metric row of {len(runs)} runs")
-    return 0
+    first = Path(args.directories[0])
+    if not args.output and is_run_folder(first):
+        raise ValueError(f"{first} is a run's folder, which export never writes into: give the file to write with "
+                         "--output PATH")
+    output = Path(args.output) if args.output else first / f"metrics.{args.format}"
+    rows = export(runs, output, args.format)
+    print(f"{output}: {rows} metric rows of {len(runs)} run{'s' * (len(runs) != 1)}")
+    for run in runs:
+        if run.cut_line:
+            print(f"note: {run.name}: the last line of {run.folder.metrics} is cut short (its process was killed "
+                  f"while writing it): exported its {len(run.rows)} whole rows", file=sys.stderr)
+    damaged = [run for run in runs if run.problem]
+    for run in damaged:
+        print(f"not exported: {run.name}: {run.problem}", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -324,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: SQLite in the output)")
     run.add_argument("--executor", metavar="KIND", help="how the runs execute: local (default), processes, ray, or "
                      "a plugin's; same as execution.kind=KIND")
-    run.add_argument("--workers", metavar="N", type=int, help="worker processes (execution.params.workers=N)")
+    run.add_argument("--workers", metavar="N", type=_positive, help="worker processes (execution.params.workers=N)")
     run.add_argument("--overwrite", action="store_true", help="when the output holds runs of another spec under "
                      "the same names, run every run again from scratch (without it, such a run is refused)")
     run.set_defaults(run=cmd_run, overrides_anywhere=True)
@@ -381,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "metadata, as one table")
     export.add_argument("directories", nargs="+", metavar="DIR", help="output folders (as for `specreach runs`)")
     export.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: FIRST_DIR/metrics.FORMAT)")
+    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: FIRST_DIR/metrics.FORMAT; "
+                        "never a run's folder or a file a run recorded)")
     export.set_defaults(run=cmd_export)
 
     models = commands.add_parser("models", help="list the model presets of the paper's tables")
@@ -396,6 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--output", default="coord-check", help="plot path prefix (default coord-check)")
     coord.set_defaults(run=cmd_coord_check)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1 worker process")
+    return value
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -436,7 +465,45 @@ def quiet(verbose: bool) -> None:
     warnings.showwarning = one_line
 
 
+#: What to do about a file-system or connection error, by errno.
+REMEDIES = {
+    errno.ENOSPC: "the disk is full: free space, then run again (`specreach run --resume DIR` continues runs from "
+                  "their last checkpoint)",
+    errno.EDQUOT: "the disk quota is used up: free space, then run again (`specreach run --resume DIR` continues)",
+    errno.EROFS: "the file system is read-only: give a folder you can write to (--output), or remount it writable",
+    errno.EACCES: "give a folder you can write to (--output), or change its permissions",
+    errno.EPERM: "give a folder you can write to (--output), or change its permissions",
+    errno.ENAMETOOLONG: "a name is too long for the file system: shorten the output path, the spec's name or its "
+                        "size names",
+    errno.ENOTDIR: "a path that must be a folder is a file: give a folder",
+    errno.EISDIR: "a path that must be a file is a folder: give a file",
+    errno.EEXIST: "the path exists already: give another",
+}
+
+
+def describe(error: OSError) -> str:
+    """An OSError as one line: the path, what the system said, and what to do."""
+    if error.errno is None:  # raised with a message of our own
+        return str(error)
+    where = f"{error.filename}: " if error.filename else ""
+    remedy = REMEDIES.get(error.errno)
+    return f"{where}{error.strerror or error}" + (f"; {remedy}" if remedy else "")
+
+
+def _stdout_is_closed() -> bool:
+    """Whether this process's output went to a pipe whose reader is gone (`specreach runs | head`)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    from specreach.engine.executors import ExecutorFailed
     from specreach.engine.locks import FolderBusy
 
     args = parse(argv)
@@ -449,8 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"specreach {args.command}: stopped", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into head & co.
-        return 0
+    except BrokenPipeError as error:
+        if _stdout_is_closed():  # output piped into head & co.: nothing more to say
+            return 0
+        print(f"specreach {args.command}: error: {describe(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the file system or a server: say which path and what to do
+        print(f"specreach {args.command}: error: {describe(error)}", file=sys.stderr)
+        return 1
+    except ExecutorFailed as error:
+        print(f"specreach {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

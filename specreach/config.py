@@ -17,7 +17,6 @@ Nothing here raises a raw Python error on any input: every problem is a :class:`
 from __future__ import annotations
 
 import math
-import re
 import types
 import typing
 import warnings
@@ -35,11 +34,12 @@ from specreach.plugins import get_plugin_manager
 from specreach.spec import Spec
 from specreach.spec_file import KeyPath, Problem, SpecError, line_for
 from specreach.spec_file import load as load_file
+from specreach.spec_interpolation import after_resolving, before_resolving
+from specreach.spec_interpolation import leaves as _leaves
 from specreach.suggest import did_you_mean
+from specreach.sweep_values import sweep_value_problems
 
 __all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_spec", "validate_config"]
-
-ENVIRONMENT = re.compile(r"\$\{\s*(oc\.env|env)\s*:\s*([^,}]*)")
 
 
 @dataclass
@@ -117,7 +117,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
     parsed = override_grammar.parse([str(o) for o in overrides])
     config, origins = override_grammar.apply(data, parsed, valid_keys)
     loaded = Loaded(config, lines, source, origins)
-    _refuse_environment(loaded)
+    _refuse(loaded, before_resolving(loaded.config))
     try:
         loaded.config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
     except OmegaConfBaseException as error:
@@ -128,31 +128,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
     except (ValueError, TypeError, KeyError, RecursionError) as error:  # keys OmegaConf cannot hold
         raise SpecError([Problem(source, 1, "", f"cannot be read as a spec: {type(error).__name__}: {error}")]) \
             from None
+    _refuse(loaded, after_resolving(loaded.config))
     return loaded
 
 
-def _refuse_environment(loaded: Loaded) -> None:
-    """``${oc.env:VAR}`` would copy the environment into spec.yaml and MLflow params: refused."""
-    problems = []
-    for path, value in _leaves(loaded.config):
-        if isinstance(value, str) and (found := ENVIRONMENT.search(value)):
-            problems.append(loaded.problem(path, f"reads environment variable {found.group(2).strip() or '?'}: a "
-                                                 "spec does not read the environment (its value would be copied "
-                                                 "into spec.yaml and MLflow params); write the value, or pass it "
-                                                 "as an override"))
+def _refuse(loaded: Loaded, problems: list[tuple[KeyPath, str]]) -> None:
     if problems:
-        raise SpecError(problems)
-
-
-def _leaves(node: Any, path: KeyPath = ()):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _leaves(value, (*path, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _leaves(value, (*path, index))
-    else:
-        yield path, node
+        raise SpecError([loaded.problem(path, message) for path, message in problems])
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -373,7 +355,7 @@ def validate_config(loaded: Loaded) -> Spec:
     except (TypeError, ValueError, KeyError, AttributeError) as error:  # a validator met a shape it did not expect
         raise SpecError([Problem(loaded.source, 1, "", f"cannot be validated: {type(error).__name__}: {error}")]) \
             from None
-    problems = _bool_problems(loaded, spec)
+    problems = _bool_problems(loaded, spec) + [loaded.problem(path, why) for path, why in sweep_value_problems(spec)]
     if problems:
         raise SpecError(problems)
     return spec

@@ -9,6 +9,7 @@
     +train.grad_clip=1.0            add a key the file does not set (an error if it does)
     ~probe                          delete a key or section
     model.presets=[a,b]             one model form replaces the other (kind/params/sizes ↔ presets)
+    execution.kind=local            another executor drops the old one's params (unless given too)
     name='with spaces'              quoting, lists [a,b] and mappings {a: 1}
 
 An override of a key the spec cannot hold is refused with the closest valid key; every problem
@@ -21,7 +22,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
-from specreach.spec_file import Problem, SpecError
+from specreach.spec_file import MAX_DEPTH, Problem, SpecError
 
 Action = Literal["set", "add", "delete", "sweep"]
 #: (config, key path) → the keys allowed there, or None when any key is.
@@ -64,6 +65,10 @@ def parse(texts: Sequence[str]) -> list[Override]:
             problems.append(Problem(f"override '{text}'", None, text.strip(),
                                     "an override reads KEY=VALUE (e.g. train.lr=1e-3), +KEY=VALUE or ~KEY"))
             continue
+        if _nesting(text) > MAX_DEPTH:  # Hydra's parser recurses once per bracket
+            problems.append(Problem(f"override '{_shortened(text)}'", None, text.split("=", 1)[0].strip(" +~"),
+                                    f"nested deeper than {MAX_DEPTH} levels of brackets; a spec needs a handful"))
+            continue
         try:
             override = _parser.parse_override(text)
             if override.type == OverrideType.DEL:
@@ -75,6 +80,10 @@ def parse(texts: Sequence[str]) -> list[Override]:
             else:  # CHANGE, and ++ (FORCE_ADD): set whether or not the file has the key
                 action = "set"
             value = list(override.sweep_iterator()) if action == "sweep" else override.value()
+        except RecursionError:
+            problems.append(Problem(f"override '{_shortened(text)}'", None, text.split("=", 1)[0].strip(" +~"),
+                                    "nested too deeply to be read; a spec needs a handful of levels"))
+            continue
         except (HydraException, ValueError, TypeError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             problems.append(Problem(f"override '{text}'", None, text.split("=", 1)[0].strip(" +~"),
@@ -90,6 +99,22 @@ def parse(texts: Sequence[str]) -> list[Override]:
     return parsed
 
 
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and braces in ``text`` (quotes not considered: an upper bound)."""
+    depth = deepest = 0
+    for character in text:
+        if character in "[{(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif character in "]})":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 def _plain(value: Any) -> Any:
     """Hydra's values as plain Python (its quoted strings and containers are already plain)."""
     if isinstance(value, dict):
@@ -102,6 +127,7 @@ def _plain(value: Any) -> Any:
 def apply(config: dict, overrides: Sequence[Override], allowed: AllowedKeys) -> tuple[dict, dict[str, str]]:
     """The config with the overrides applied (a copy), and which key each override set."""
     config = copy.deepcopy(config)
+    executor = _lookup(config, ["execution", "kind"])
     origins: dict[str, str] = {}
     problems: list[Problem] = []
     for override in overrides:
@@ -112,7 +138,19 @@ def apply(config: dict, overrides: Sequence[Override], allowed: AllowedKeys) -> 
             problems.extend(error.problems)
     if problems:
         raise SpecError(problems)
+    _params_follow_the_executor(config, executor, origins)
     return config, origins
+
+
+def _params_follow_the_executor(config: dict, before: Any, origins: dict[str, str]) -> None:
+    """Another executor (``--executor local`` on a spec run with ``processes``) takes the parameters
+    the overrides give it, not the ones the spec gave the executor it replaces."""
+    execution = config.get("execution")
+    if "execution.kind" not in origins or not isinstance(execution, dict) or execution.get("kind") == before:
+        return
+    params = execution.get("params")
+    if isinstance(params, dict) and "execution.params" not in origins:
+        execution["params"] = {key: value for key, value in params.items() if f"execution.params.{key}" in origins}
 
 
 def _apply_one(config: dict, override: Override, allowed: AllowedKeys) -> list[str]:

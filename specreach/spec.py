@@ -37,6 +37,14 @@ MAX_STEPS = 10**9
 MAX_SEEDS = 10_000
 MAX_PROBES = 4096
 MAX_BATCH = 10**6
+#: The largest float32: AdamW's first update divides lr by 1 − β1, which must stay below it.
+FLOAT32_MAX = 3.4028234663852886e38
+#: Runs one spec may expand to (sizes × seeds × swept values × probes): counted before expanding.
+MAX_RUNS = 10_000
+#: Measured steps one run may have (a measurement costs several training steps).
+MAX_MEASURED_STEPS = 1_000_000
+#: Bytes of a file name on common file systems (ext4, xfs, btrfs, tmpfs, APFS, NTFS): a run's folder.
+MAX_FOLDER_NAME = 255
 
 
 def safe_name(value: str, what: str, pattern: re.Pattern = NAME) -> str:
@@ -231,6 +239,9 @@ class LogWindows(Strict):
     windows: int = Field(8, ge=0, le=100_000, description="Logarithmically spaced windows after the initial steps.")
     steps_per_window: int = Field(1, ge=1, le=MAX_STEPS, description="Consecutive measured steps in each window.")
 
+    def measured_steps(self, total_steps: int) -> int:
+        return self.initial_steps + self.windows * self.steps_per_window
+
 
 class EveryWindows(Strict):
     """Uniform windows: ``steps_per_window`` consecutive steps starting at steps 0, every, 2·every, …
@@ -246,6 +257,22 @@ class EveryWindows(Strict):
             raise ValueError(f"steps_per_window ({self.steps_per_window}) must not exceed every ({self.every}): "
                              "windows would overlap")
         return self
+
+    def measured_steps(self, total_steps: int) -> int:
+        return len(range(0, total_steps - self.steps_per_window + 1, self.every)) * self.steps_per_window
+
+
+def measured_step_count(schedule: "LogWindows | EveryWindows | list[int]", total_steps: int) -> int:
+    """How many steps ``schedule`` measures in a run of ``total_steps`` (counted, not listed)."""
+    return len(set(schedule)) if isinstance(schedule, list) else schedule.measured_steps(total_steps)
+
+
+def check_measured_step_count(schedule: "LogWindows | EveryWindows | list[int]", total_steps: int) -> None:
+    count = measured_step_count(schedule, total_steps)
+    if count > MAX_MEASURED_STEPS:
+        raise ValueError(f"measure.schedule: measures {count:,} of the {total_steps:,} training steps, more than the "
+                         f"{MAX_MEASURED_STEPS:,} a run may measure (each measurement costs several training steps); "
+                         "measure in windows further apart (a larger 'every', or log-spaced windows)")
 
 
 class MeasureSection(Strict):
@@ -349,6 +376,7 @@ class Spec(Strict):
         if steps is None or not self.measure.enabled or any(key.startswith(("train.", "measure."))
                                                              for key in self.sweep):
             return self  # the steps are known per run only: the run checks
+        check_measured_step_count(schedule, steps)
         if isinstance(schedule, list):
             late = sorted(step for step in schedule if step >= steps)
             if late:
@@ -381,9 +409,60 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _learning_rates_fit_float32(self):
+        """AdamW's first step moves weights by lr / (1 − β1) and decays them by lr · weight_decay: past
+        float32's range torch fails with 'value cannot be converted to type float without overflow'."""
+        train = self.train
+        rates = {"train.lr": train.lr, **{f"train.lr_per_size.{size}": lr for size, lr in train.lr_per_size.items()}}
+        for key, lr in rates.items():
+            largest = max(lr / (1 - train.betas[0]), lr * train.weight_decay)
+            if largest > FLOAT32_MAX:
+                raise ValueError(f"{key}: {lr:g} makes AdamW's first update {largest:.3g}, beyond float32's range "
+                                 f"({FLOAT32_MAX:.3g}), so the run could not take a step; learning rates are "
+                                 "typically 1e-4 to 1e-2")
+        return self
+
+    @model_validator(mode="after")
+    def _measurement_batches_fit_the_pool(self):
+        """B is drawn from the validation pool: a batch larger than the pool would silently be the pool."""
+        measure = self.measure
+        if not measure.enabled or not (measure.cross_batch or measure.fixed_batch):
+            return self
+        data_params = registered("dataset", self.data.kind).params(**self.data.params)
+        sizes = {"data.params.validation_size": getattr(data_params, "validation_size", None),
+                 "measure.validation_size": measure.validation_size}
+        pool = min((size, key) for key, size in sizes.items() if isinstance(size, int)) if any(
+            isinstance(size, int) for size in sizes.values()) else None
+        batch = measure.batch_size or self.train.batch_size
+        if pool is not None and batch > pool[0]:
+            given = f"{batch}" if measure.batch_size else f"unset, so train.batch_size ({batch}),"
+            raise ValueError(f"measure.batch_size: {given} is more than the {pool[0]} samples of the validation "
+                             f"pool ({pool[1]}) that batch B is drawn from; set measure.batch_size to at most "
+                             f"{pool[0]}, or enlarge {pool[1]}")
+        return self
+
+    @model_validator(mode="after")
+    def _run_names_fit_the_file_system(self):
+        """Each run is a folder named ``<sweep values>-<size>-seed<seed>[-probe-…]``."""
+        parts = {f"sweep.{key}": max(len(f"{key.split('.')[-1]}={sweep_value_label(v)}-") for v in values)
+                 for key, values in self.sweep.items() if values}
+        parts.update({f"model.sizes.{size}" if self.model.presets is None else "model.presets": len(size)
+                      for size, *_ in self.model.members()})
+        longest_size = max((length for key, length in parts.items() if key.startswith("model.")), default=0)
+        length = sum(length for key, length in parts.items() if key.startswith("sweep.")) + longest_size \
+            + len("-seed") + max(len(str(seed)) for seed in self.train.seeds) \
+            + (len("-probe-trained") if self.probe is not None else 0)
+        if length > MAX_FOLDER_NAME:
+            culprit = max(parts, key=lambda key: parts[key])
+            raise ValueError(f"{culprit}: makes run names of {length} characters, but a folder's name holds at most "
+                             f"{MAX_FOLDER_NAME} on common file systems; shorten it")
+        return self
+
+    @model_validator(mode="after")
     def _sweeps_apply(self):
         if self.train.steps is not None and self.train.flops is not None:
             raise ValueError("train.flops: give either train.steps or train.flops, not both")
+        self._refuse_too_many_runs()
         for key, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep.{key}: give at least one value")
@@ -405,6 +484,21 @@ class Spec(Strict):
             with_values(self, {key: self.train.seeds[0] + offset for key, offset in self.train.seed_params.items()},
                         what="train.seed_params")
         return self
+
+    def _refuse_too_many_runs(self) -> None:
+        """Counted before anything is expanded: a sweep of 3 keys × 100 values is a million runs."""
+        combinations = 1
+        for values in self.sweep.values():
+            combinations *= max(1, len(values))
+        sizes, seeds = len(self.model.members()), len(self.train.seeds)
+        per_run = 1 + (len(self.probe.backbones) if self.probe is not None else 0)
+        runs = combinations * sizes * seeds * per_run
+        if runs > MAX_RUNS:
+            what = " × ".join([f"{combinations:,} sweep combinations"] * bool(self.sweep)
+                              + [f"{sizes} size{'s' * (sizes > 1)}", f"{seeds} seed{'s' * (seeds > 1)}"]
+                              + [f"{per_run} runs each (probes)"] * (per_run > 1))
+            raise ValueError(f"sweep: {what} make {runs:,} runs, more than the {MAX_RUNS:,} one spec may expand to; "
+                             "sweep fewer values, or split the experiment into several specs")
 
 
 def sweep_value_label(value: Any) -> str:

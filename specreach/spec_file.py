@@ -53,6 +53,11 @@ class SpecError(ValueError):
 def read_text(path: Path) -> str:
     """The file's text, or a SpecError naming the file (missing, unreadable, empty, not UTF-8)."""
     source = str(path)
+    if path.is_dir():
+        resumable = (path / "spec.yaml").is_file() and (path / "engine.json").is_file()
+        hint = f"; to continue its runs: specreach run --resume {path}" if resumable else \
+            f"; give the YAML file itself (e.g. {path / 'spec.yaml'})"
+        raise SpecError([Problem(source, None, "", f"is a folder, not a spec file{hint}")])
     if not path.is_file():
         raise SpecError([Problem(source, 1, "", "no such spec file; give the path of a YAML spec")])
     try:

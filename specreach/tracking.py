@@ -10,7 +10,13 @@ uploads what MLflow did not get.
 A SQLite store is one file that several processes (the runs of a ``processes`` or local
 ``ray`` executor, or two specs sharing a store) may write at once: every call on it holds an
 inter-process file lock next to the database, and a new store's tables are created once, under
-that lock. Across machines, use an MLflow server.
+that lock. A lock held for more than a moment is announced, naming the process that holds it, and
+waited for at most ``$SPECREACH_STORE_LOCK_SECONDS`` (default 600). Across machines, use an
+MLflow server.
+
+A URI MLflow has no store for, and a store file that is not an MLflow store (damaged, truncated),
+are errors that say so; an output folder that was moved takes its SQLite store along
+(:func:`relocate_store`).
 
 MLflow's INFO lines (store creation, migrations) are not shown unless asked for
 (``specreach -v``).
@@ -26,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 #: Fail fast against an unreachable server instead of MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -70,13 +76,70 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+LOCK_WAIT_VARIABLE = "SPECREACH_STORE_LOCK_SECONDS"
+LOCK_NOTICE_SECONDS = 2.0  # a store call holds the lock for milliseconds: longer is worth saying
+
+
+class StoreBusy(TimeoutError):
+    """Another process held a SQLite store's lock for longer than we wait."""
+
+
+class DamagedStore(ValueError):
+    """A tracking store file that MLflow cannot open."""
+
+    @classmethod
+    def of(cls, database: Path, reason: str) -> "DamagedStore":
+        return cls(f"{database}: cannot be opened as an MLflow store ({reason}); it is damaged or not a store: move "
+                   "it aside, and `specreach sync DIR` rebuilds MLflow's record from the run folders")
+
+
+#: What SQLite (through SQLAlchemy and MLflow's migrations) says of a file that is no usable store.
+DAMAGE = ("not a database", "malformed", "no such table", "file is encrypted", "Can't locate revision")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse, before anything is written, a URI for which MLflow has no tracking store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        from urllib.parse import urlparse
+
+        raise ValueError(f"tracking URI {uri!r}: MLflow has no tracking store for the scheme "
+                         f"'{urlparse(uri).scheme}'; give a folder, sqlite:///PATH or http(s)://HOST:PORT") from None
+
+
+@contextlib.contextmanager
 def store_lock(uri: str | None):
-    """An inter-process lock for a SQLite store (``<db>.lock``); nothing for other stores."""
+    """An inter-process lock for a SQLite store (``<db>.lock``); nothing for other stores. Waiting more
+    than a moment is announced with the holder; waiting longer than the limit is a StoreBusy."""
     if uri is None or not uri.startswith(SQLITE_PREFIX):
-        return contextlib.nullcontext()
+        yield
+        return
+    from specreach.engine.locks import holder_of
+
     database = Path(uri[len(SQLITE_PREFIX):])
     database.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(database) + ".lock", timeout=600)
+    lock = FileLock(str(database) + ".lock")
+    wait = float(os.environ.get(LOCK_WAIT_VARIABLE) or 600)
+    try:
+        lock.acquire(timeout=min(LOCK_NOTICE_SECONDS, wait))
+    except Timeout:
+        holder = holder_of(Path(lock.lock_file))
+        warnings.warn(f"the MLflow store {database} is locked by {holder}; waiting up to {wait:g} s for it "
+                      f"(${LOCK_WAIT_VARIABLE})", stacklevel=3)
+        try:
+            lock.acquire(timeout=max(0.0, wait - LOCK_NOTICE_SECONDS))
+        except Timeout:
+            raise StoreBusy(f"the MLflow store {database} stayed locked by {holder} for {wait:g} s; stop that "
+                            "process, or wait for it and run again (the run folders keep everything: "
+                            "`specreach sync` uploads what MLflow missed)") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 _initialised: set[str] = set()
@@ -84,15 +147,61 @@ _initialised: set[str] = set()
 
 def initialise_store(uri: str) -> None:
     """Create a store's tables once per process, under the store's lock (two processes migrating a
-    fresh SQLite file at once lose runs)."""
+    fresh SQLite file at once lose runs); a file that is no MLflow store is a DamagedStore."""
     if uri in _initialised:
         return
     with store_lock(uri):
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as error:
+            database = Path(uri[len(SQLITE_PREFIX):]) if uri.startswith(SQLITE_PREFIX) else None
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            if database is None or not database.is_file() or not any(sign in reason for sign in DAMAGE):
+                raise  # a full disk, a locked file, a server: not the store's fault
+            raise DamagedStore.of(database, reason) from None
     _initialised.add(uri)
 
 
-def _reachable(uri: str) -> bool:
+def own_store(directory: Path, uri: str | None) -> str | None:
+    """The tracking URI for an output folder that recorded ``uri``: its own SQLite store when ``uri`` is
+    the store that lived inside it at another path (the folder was moved or copied, and the store
+    came along), relocated to here; else ``uri``."""
+    if not uri or not uri.startswith(SQLITE_PREFIX) or not (directory / "mlflow.db").is_file():
+        return uri
+    database = Path(uri[len(SQLITE_PREFIX):])
+    here = local_tracking_uri(directory)
+    if uri == here or database.name != "mlflow.db" or uri != local_tracking_uri(database.parent):
+        return uri
+    try:
+        relocate_store(directory / "mlflow.db", database.parent, directory)
+    except DamagedStore:  # said where the store is used; the folder still tracks in its own
+        return here
+    warnings.warn(f"{directory} was moved (or copied) from {database.parent}: it tracks in its own store "
+                  f"{directory / 'mlflow.db'}, whose artifact locations now point here", stacklevel=3)
+    return here
+
+
+def relocate_store(database: Path, old_root: Path, new_root: Path) -> None:
+    """A SQLite store that moved with its output folder: the artifact locations it records under the
+    old folder now point under the new one (MLflow has no call to change them)."""
+    import sqlite3
+
+    old, new = old_root.resolve().as_uri(), new_root.resolve().as_uri()
+    try:
+        with store_lock(f"{SQLITE_PREFIX}{database}"), contextlib.closing(sqlite3.connect(database)) as connection:
+            with connection:
+                for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                    connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                       f"WHERE substr({column}, 1, ?) = ? AND substr({column}, ?, 1) IN ('', '/')",
+                                       (new, len(old) + 1, len(old), old, len(old) + 1))
+    except sqlite3.DatabaseError as error:
+        if not any(sign in str(error) for sign in DAMAGE):
+            raise OSError(f"{database}: cannot update the MLflow store ({error})") from None
+        raise DamagedStore.of(database, str(error)) from None
+
+
+def reachable(uri: str) -> bool:
+    """Whether an http(s) tracking server answers its health check (other stores: True)."""
     if not uri.startswith(("http://", "https://")):
         return True
     import urllib.request
@@ -133,7 +242,7 @@ class Tracker:
               params: Mapping[str, str] | None = None, resume_run_id: str | None = None) -> "Tracker":
         """Create (or reopen, with ``resume_run_id``) a run; on failure warn and return a no-op tracker."""
         try:
-            if not _reachable(uri):
+            if not reachable(uri):
                 raise ConnectionError(f"no MLflow server answers at {uri}")
             initialise_store(uri)
             with store_lock(uri):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -130,6 +131,29 @@ def test_a_plugins_executor_is_chosen_by_the_spec_with_its_own_parameters(tmp_pa
     assert [(r.name, r.message) for r in results] == [("s-seed0", "recorded by mine"), ("m-seed0", "recorded by mine")]
 
 
+def test_a_run_an_executor_never_started_still_ends_with_a_status_and_why(tmp_path, recording_plugin):
+    from specreach import Engine
+
+    class Forgetful(RecordingExecutor):
+        name = "forgetful"
+
+        def run(self, runs, stop, done=None):  # runs the first run only, and forgets the rest
+            return super().run(runs, stop, done)[:1]
+
+    plugin = types.ModuleType("forgetful_plugin")
+    plugin.register_executors = hookimpl(lambda register: register(Forgetful))
+    get_plugin_manager().register(plugin, name="forgetful-plugin")
+    try:
+        spec = load_spec(write_spec(tmp_path), ["execution.kind=forgetful", "execution.params.label=x",
+                                                f"output={tmp_path / 'out'}", "tracking.enabled=false"])
+        results = Engine(spec).run()
+    finally:
+        get_plugin_manager().unregister("forgetful-plugin")
+    assert [(r.name, r.status) for r in results] == [("s-seed0", "FAILED"), ("m-seed0", "FAILED")]
+    assert results[1].message == "never started: the executor ended without running it; `specreach run --resume` " \
+                                 "runs it"
+
+
 def test_executor_overrides_on_the_command_line_are_validated(tmp_path):
     path = write_spec(tmp_path)
     spec = load_spec(path, ["execution.kind=processes", "execution.params.workers=2"])
@@ -247,6 +271,87 @@ def test_ctrl_c_stops_every_worker_at_a_step_boundary_and_resume_completes(tmp_p
     for folder in folders:
         assert status_of(folder)["status"] == "FINISHED"
     assert_every_step_logged_once(root, "long", "s-seed0", 400)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_idle_is_replaced_and_the_sweep_ends_honestly(tmp_path):
+    """Killed between runs, a worker held no run; the run handed out next (one that needed another)
+    used to meet a broken pipe that ended the sweep quietly with exit 0."""
+    spec = {**LONG, "name": "idle", "measure": {**LONG["measure"], "schedule": [0, 5]},
+            "train": {**LONG["train"], "checkpoint_every": None}, "probe": {"backbones": ["trained"], "steps": 8},
+            "sweep": {"train.steps": [8, 600]}}
+    process = start_cli("run", write_spec(tmp_path, spec), "--executor", "processes", "--workers", "2",
+                        "--output", tmp_path)
+    runs = tmp_path / "idle" / "runs"
+    short_probe, long_run = runs / "steps=8-s-seed0-probe-trained", runs / "steps=600-s-seed0"
+    wait_until(lambda: status_of(short_probe).get("status") == "FINISHED", what="the short run and its probe")
+    assert status_of(long_run).get("status") == "RUNNING"  # the other worker is busy: this one is idle
+    os.kill(status_of(short_probe)["pid"], signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    names = ["steps=8-s-seed0", "steps=8-s-seed0-probe-trained", "steps=600-s-seed0",
+             "steps=600-s-seed0-probe-trained"]
+    for name in names:
+        assert status_of(runs / name)["status"] == "FINISHED", name
+        assert re.search(rf"^{re.escape(name)} +FINISHED", stdout, re.MULTILINE), stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_first_worker_starts_stops_the_sweep_without_a_false_cause(tmp_path):
+    """The worker's own start was interrupted too, and the error blamed a missing main guard."""
+    process = subprocess.Popen([sys.executable, "-m", "specreach.cli", "run", str(write_spec(tmp_path, LONG)),
+                                "--executor", "processes", "--workers", "1", "--output", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def worker_started() -> bool:
+        for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"multiprocessing" in command and b"resource_tracker" not in command:
+                return True
+        return False
+
+    wait_until(worker_started, timeout=300, what="the first worker process")
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "__main__" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert "s-seed0  KILLED" in stdout and f"specreach run --resume {tmp_path / 'tiny'}" in stdout
+
+
+def test_resume_takes_execution_overrides_and_another_executor_drops_the_old_ones_params(tmp_path, capsys):
+    from specreach.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main(["run", *map(str, args)])
+        return code, capsys.readouterr()
+
+    root = tmp_path / "out" / "tiny"
+    root.mkdir(parents=True)
+    write_spec(root, {**SWEEP, "execution": {"kind": "processes", "params": {"workers": 2}}})  # as a run wrote it
+    code, output = run("--resume", root, "execution.params.workers=1", "--dry-run")
+    assert code == 0 and "executor processes" in output.out and "workers: 1" in output.out, output.err
+    code, output = run("--resume", root, "--executor", "local", "--dry-run")
+    assert code == 0 and "executor local" in output.out, output.err
+    code, output = run("--resume", root, "train.lr=1")
+    assert code == 2 and "only execution.* may be overridden, not train.lr=1" in output.err
+
+
+@pytest.mark.slow
+def test_a_ray_address_nothing_listens_on_is_named_within_seconds(tmp_path):
+    import time
+
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = cli("run", write_spec(tmp_path, LONG), "--executor", "ray", f"execution.params.address={address}",
+               "--output", tmp_path, timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert time.monotonic() - started < 120
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"execution.params.address {address}: no Ray cluster answers there (Connection refused)" in done.stderr
 
 
 # --- a Ray cluster -------------------------------------------------------------------------------

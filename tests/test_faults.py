@@ -452,3 +452,101 @@ def test_a_run_killed_after_its_last_checkpoint_records_nothing_twice(tmp_path):
     uri = f"sqlite:///{tmp_path / 'out' / 'tiny' / 'mlflow.db'}"
     each_step_once(uri, first.run_id, "loss", 12)
     assert [step for step, _ in metric_history(uri, first.run_id, "eval_loss")] == [12]
+
+
+# --- the data at fault -------------------------------------------------------------------------------
+
+FAULTY_DATA_PLUGIN = """
+from typing import Literal
+
+import torch
+
+from specreach.data.powerlaw_teacher import PowerlawTeacher
+from specreach.data.text import PydocText
+from specreach.params.data import PowerlawTeacherParams, PydocTextParams
+from specreach.plugins import get_plugin_manager, hookimpl
+
+
+class FaultyTextParams(PydocTextParams):
+    fault: Literal["none", "ignored-batch", "ignored-pool"] = "none"
+
+
+class FaultyText(PydocText):
+    \"\"\"A third party's text whose 4th training batch, or whole validation pool, has every target ignored.\"\"\"
+
+    name = "faulty-text"
+    Params = FaultyTextParams
+
+    def validation_pool(self):
+        inputs, targets = super().validation_pool()
+        return inputs, torch.full_like(targets, -100) if self.params.fault == "ignored-pool" else targets
+
+    def train_batches(self, batch_size, data_seed, start=0):
+        for number, (inputs, targets) in enumerate(super().train_batches(batch_size, data_seed, start), start):
+            ignored = self.params.fault == "ignored-batch" and number == 3
+            yield inputs, torch.full_like(targets, -100) if ignored else targets
+
+
+class FaultyTeacherParams(PowerlawTeacherParams):
+    nan_at: int = 2
+
+
+class FaultyTeacher(PowerlawTeacher):
+    \"\"\"A third party's regression data with a NaN input in one training batch.\"\"\"
+
+    name = "faulty-teacher"
+    Params = FaultyTeacherParams
+
+    def train_batches(self, batch_size, data_seed, start=0):
+        for number, (inputs, targets) in enumerate(super().train_batches(batch_size, data_seed, start), start):
+            if number == self.params.nan_at:
+                inputs = inputs.clone()
+                inputs[1, 3] = float("nan")
+            yield inputs, targets
+
+
+class Plugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register(FaultyText)
+        register(FaultyTeacher)
+
+
+get_plugin_manager().register(Plugin(), name="faulty-data-plugin")
+"""
+
+
+@pytest.mark.slow  # two runs of a few steps, about 30 s
+def test_bad_data_is_blamed_on_the_data_and_its_batch_not_the_learning_rate(tmp_path):
+    plugin_path = tmp_path / "plugin"
+    plugin_path.mkdir()
+    (plugin_path / "sitecustomize.py").write_text(FAULTY_DATA_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(plugin_path),
+                                                                       os.environ.get("PYTHONPATH")]))}
+    text = {**ONE_SIZE, "data": {"kind": "faulty-text", "params": {"context": 16, "validation_size": 16}},
+            "sweep": {"data.params.fault": ["ignored-batch", "ignored-pool"]}}
+    done = cli("run", write_spec(tmp_path, text), "--output", tmp_path / "out", env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    no_traceback(done.stderr)
+    runs = tmp_path / "out" / "tiny" / "runs"
+    ignored = status_of(runs / "fault=ignored-batch-s-seed0")
+    assert ignored["status"] == "FAILED" and ignored["message"].startswith(
+        "step 3: the training batch of data 'faulty-text' for this step (train.data_seed 0, batch size 4) makes the "
+        "loss nan: it has no sample to learn from: every one of its 64 targets is the ignored value -100. The data is "
+        "at fault, not the learning rate"), ignored["message"]
+    pool = status_of(runs / "fault=ignored-pool-s-seed0")
+    assert pool["status"] == "FAILED" and pool["message"].startswith(
+        "the validation pool of data 'faulty-text' (16 samples) cannot be measured or evaluated on: it has no sample "
+        "to learn from: every one of its 256 targets is the ignored value -100; the data is at fault"), pool["message"]
+    assert "lr" not in pool["message"] and "learning rate" not in pool["message"]
+
+    teacher = {**ONE_SIZE, "model": {"kind": "random-features", "params": {"inputs": 16, "features": 32}},
+               "data": {"kind": "faulty-teacher", "params": {"inputs": 16, "features": 32, "train_size": 64,
+                                                             "validation_size": 16}},
+               "measure": {"estimator": "exact", "schedule": [0], "batch_size": 4}}
+    done = cli("run", write_spec(tmp_path, teacher, name="teacher.yaml"), "--output", tmp_path / "out2", env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    message = status_of(tmp_path / "out2" / "tiny" / "runs" / "default-seed0")["message"]
+    assert message.startswith("step 2: the training batch of data 'faulty-teacher' for this step (train.data_seed 0, "
+                              "batch size 4) makes the loss nan: 1 of its 64 input values are NaN or Inf. The data is "
+                              "at fault, not the learning rate"), message

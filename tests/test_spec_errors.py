@@ -258,3 +258,89 @@ def test_verbose_shows_what_quiet_hides(tmp_path):
     loud = cli("run", spec, "--output", tmp_path / "out", "-v")
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert "INFO mlflow.store.db.utils: Creating initial MLflow database tables" in loud.stderr
+
+
+# --- round two: what reads outside the spec, sweep values, sizes ----------------------------------------
+
+def test_no_resolver_reads_the_environment_however_it_is_assembled(tmp_path, validate, monkeypatch):
+    """oc.decode turns text into an interpolation: '$' from one key and '{oc.env:…}' from another made
+    ${oc.env:…}, which spec.yaml and MLflow params would then hold (in the file or as overrides)."""
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    decode = "${oc.decode:'${tracking.experiment}{oc.env:SECRET_TOKEN}'}"
+    path = tmp_path / "decode.yaml"
+    path.write_text(spec_text(tracking={"experiment": "$", "run_name": decode}))
+    error = refused(validate, path)
+    assert "hunter2" not in error
+    assert f"{path}:{line_of(path, 'run_name:')}: tracking.run_name: calls the resolver 'oc.decode': a spec may " \
+           "refer to its own keys" in error
+    error = refused(validate, write_spec(tmp_path), "tracking.experiment=$", f'tracking.run_name="{decode}"')
+    assert "hunter2" not in error
+    assert f"override 'tracking.run_name=\"{decode}\"': tracking.run_name: calls the resolver 'oc.decode'" in error
+    # Without any resolver, references alone can still spell '${oc.env:…}': refused once resolved, since
+    # spec.yaml holds the resolved text and --resume would resolve it again.
+    path.write_text(spec_text(tracking={"experiment": "$", "run_name": "${tracking.experiment}{oc.env:SECRET_TOKEN}"}))
+    error = refused(validate, path)
+    assert "hunter2" not in error
+    assert f"{path}:{line_of(path, 'run_name:')}: tracking.run_name: resolves to text that is an interpolation " \
+           "again" in error
+    assert validate(write_spec(tmp_path), "tracking.run_name=${name}-parent").returncode == 0  # a reference
+
+
+def test_sweep_values_are_checked_as_their_keys_type_and_must_differ(tmp_path, validate):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(spec_text() + "sweep:\n  train.lr: [true, 0.003]\n  train.steps: [12, 12.0]\n")
+    error = refused(validate, path)
+    assert f"{path}:{line_of(path, 'train.lr:')}: sweep.train.lr.0: expected a number, got true" in error
+    assert f"{path}:{line_of(path, 'train.steps:')}: sweep.train.steps.1: 12.0 means the same as 12 (12) for " \
+           "train.steps: each value is one set of runs" in error
+    assert refused(validate, write_spec(tmp_path), "sweep.train.lr=[1,1.0]") == (
+        "override 'sweep.train.lr=[1,1.0]': sweep.train.lr.1: 1.0 means the same as 1 (1.0) for train.lr: each value "
+        "is one set of runs; give it once")
+    assert "sweep.data.params.context.0: expected a number, got true" in refused(validate, write_spec(tmp_path),
+                                                                                 "data.params.context=true,16")
+    assert validate(write_spec(tmp_path), "sweep.train.lr=['1e-3',0.003]").returncode == 0  # YAML 1.1's text 1e-3
+
+
+def test_a_sweep_of_a_million_runs_is_counted_not_expanded(tmp_path):
+    import time
+
+    from engine_helpers import cli
+
+    started = time.monotonic()
+    done = cli("validate", write_spec(tmp_path), "sweep.train.lr=range(1,101)", "sweep.train.eps=range(1,101)",
+               "sweep.train.weight_decay=range(1,101)", timeout=60)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "sweep: 1,000,000 sweep combinations × 2 sizes × 1 seed make 2,000,000 runs, more than the 10,000 one " \
+           "spec may expand to" in done.stderr
+
+
+def test_sizes_of_runs_and_schedules_are_bounded_at_validate(tmp_path, validate):
+    """Each was valid before, then failed in the run (Errno 36, MemoryError, 'value cannot be converted to type
+    float without overflow' in AdamW)."""
+    path = write_spec(tmp_path)
+    long_size = "a" * 300
+    assert f"model.sizes.{long_size}: makes run names of 306 characters, but a folder's name holds at most 255" in \
+        refused(validate, path, f"model.sizes={{{long_size}: {{hidden: 8, ff: 16}}}}")
+    assert "measure.schedule: measures 1,000,000,000 of the 1,000,000,000 training steps, more than the 1,000,000 a " \
+           "run may measure" in refused(validate, path, "train.steps=1e9", "measure.schedule={every: 1}")
+    assert "train.lr: 1e+300 makes AdamW's first update 1e+301, beyond float32's range (3.4e+38), so the run could " \
+           "not take a step" in refused(validate, path, "train.lr=1e300")
+    assert "measure.batch_size: 64 is more than the 16 samples of the validation pool (data.params.validation_size) " \
+           "that batch B is drawn from" in refused(validate, path, "measure.batch_size=64")
+    for overrides in (["measure.batch_size=16"], ["train.steps=1e9"]):
+        assert validate(path, *overrides).returncode == 0, overrides
+
+
+def test_deep_brackets_a_folder_for_a_spec_and_zero_workers_are_told_what_to_do(tmp_path):
+    from engine_helpers import cli
+
+    path = write_spec(tmp_path)
+    done = cli("validate", path, "train.lr=" + "[" * 3000 + "]" * 3000)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "train.lr: nested deeper than 32 levels of brackets" in done.stderr
+    done = cli("validate", tmp_path)
+    assert done.returncode == 1 and f"{tmp_path}: (spec): is a folder, not a spec file; give the YAML file itself " \
+                                    f"(e.g. {tmp_path / 'spec.yaml'})" in done.stderr
+    done = cli("run", path, "--executor", "processes", "--workers", "0", "--dry-run")
+    assert done.returncode == 2 and "argument --workers: 0: give at least 1 worker process" in done.stderr

@@ -10,9 +10,10 @@ The spec expands to runs; its ``execution`` section picks the executor that runs
 in worker processes, on a Ray cluster, or a plugin's). A run already FINISHED under the same
 fingerprint (what it computes, and the specreach release) is skipped; one that stopped or failed
 is run again from its last checkpoint. A run folder that holds a run of another fingerprint (the
-spec changed) is never skipped, resumed or reported: the engine refuses before anything runs,
-unless told to ``overwrite``. One engine at a time writes an output folder (a lock names the
-process holding it).
+spec changed), or a run this spec does not have (so that spec.yaml would no longer describe it), is
+never skipped, resumed or reported: the engine refuses before anything runs, unless told to
+``overwrite``. One engine at a time writes an output folder (a lock names the process holding it).
+Every run ends FINISHED, FAILED or KILLED with a reason, a run that never started included.
 
 Output layout, under ``<output>/<spec name>/``: ``spec.yaml`` (the resolved spec),
 ``engine.json`` (the parent MLflow run), ``mlflow.db`` and ``mlartifacts/`` (the default local
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import threading
 import warnings
@@ -32,13 +34,13 @@ from typing import Sequence
 
 import yaml
 
-from specreach.engine.executors import Executor
+from specreach.engine.executors import Executor, ExecutorFailed
 from specreach.engine.locks import FolderLock
 from specreach.engine.run_folder import RunFolder, read_json, write_atomically
 from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, computed, differences, expand, fingerprint
 from specreach.plugins import create
 from specreach.spec import Spec
-from specreach.tracking import Tracker, default_tracking_uri, flatten
+from specreach.tracking import Tracker, check_tracking_uri, default_tracking_uri, flatten, own_store
 
 
 class ChangedSpec(ValueError):
@@ -51,6 +53,8 @@ class Engine:
         self.spec = spec
         self.root = Path(output if output is not None else spec.output) / spec.name
         self.tracking_uri = tracking_uri or spec.tracking.uri or default_tracking_uri(self.root)
+        if spec.tracking.enabled:
+            check_tracking_uri(self.tracking_uri)
         self.overwrite = overwrite
         self._stop = threading.Event()
 
@@ -73,7 +77,12 @@ class Engine:
                              f"not {', '.join(changed)}")
         spec = load_spec(spec_path, overrides)
         state = read_json(directory / "engine.json", "delete it to start a new parent run in MLflow")
-        return cls(spec, output=directory.parent, tracking_uri=tracking_uri or state.get("tracking_uri"))
+        recorded_uri = state.get("tracking_uri")
+        if tracking_uri is None:
+            recorded_uri = own_store(directory, recorded_uri)
+        engine = cls(spec, output=directory.parent, tracking_uri=tracking_uri or recorded_uri)
+        engine.root = directory  # the folder as it is named now (a renamed folder is still this spec's)
+        return engine
 
     def runs(self, parent_run_id: str | None = None) -> list[RunSpec]:
         target = TrackingTarget(
@@ -92,6 +101,11 @@ class Engine:
         self._stop.set()
 
     def run(self) -> list[RunResult]:
+        for folder in (self.root, *self.root.parents):  # the first that exists must be a folder
+            if folder.exists():
+                if not folder.is_dir():
+                    raise ValueError(f"output {folder} is a file, not a folder: give a folder (--output DIR)")
+                break
         with FolderLock(self.root, "output folder"):
             return self._run()
 
@@ -107,15 +121,20 @@ class Engine:
             with self._signals_stop():
                 ran = {result.name: result for result in
                        self.executor().run([run for run in runs if run.name not in done], self._stop, done)}
-        except BaseException as error:  # a second Ctrl-C, or an executor that could not start
+        except BaseException as error:  # a second Ctrl-C, or an executor that could not start or broke down
             parent.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED",
                           f"{type(error).__name__}: {error}")
-            raise
-        results = [done.get(run.name) or ran[run.name] for run in runs if run.name in done or run.name in ran]
+            if isinstance(error, (KeyboardInterrupt, ValueError, OSError)) or not isinstance(error, Exception):
+                raise  # bad input or a system error: already says what
+            raise ExecutorFailed(f"the {self.spec.execution.kind} executor failed ({type(error).__name__}: {error}); "
+                                 f"the runs it started recorded how they ended: `specreach run --resume {self.root}` "
+                                 "continues") from error
+        stopped = self._stop.is_set()
+        results = [done.get(run.name) or ran.get(run.name) or _never_started(run, stopped) for run in runs]
         for result in results:
-            if result.name in ran and result.status == "FAILED":
+            if result.name not in done and result.status == "FAILED":
                 warnings.warn(f"run {result.name} failed: {result.message}", stacklevel=2)
-        interrupted = self._stop.is_set() or any(r.status == "KILLED" for r in results) or len(results) < len(runs)
+        interrupted = stopped or any(r.status == "KILLED" for r in results)
         plots = self._plots(results)
         parent.log_artifact(resolved)
         for path in plots:
@@ -126,7 +145,9 @@ class Engine:
         return results
 
     def _check_recorded_runs(self, runs: list[RunSpec]) -> None:
-        """Refuse (or, overwriting, clear) run folders that hold runs of another fingerprint."""
+        """Refuse (or, overwriting, clear) run folders that hold runs of another fingerprint, and runs
+        this spec does not have (spec.yaml would then describe runs it did not produce)."""
+        self._check_runs_not_in_this_spec({run.name for run in runs})
         changed = []
         for run in runs:
             folder = RunFolder(run.output_dir)
@@ -149,6 +170,40 @@ class Engine:
                               f"under the same name{'s' * (len(changed) > 1)}:\n{shown}\nTheir results would be "
                               "reported under this spec. Give a fresh --output, or rerun with --overwrite (runs "
                               "every run of the spec again from scratch).")
+
+    def _check_runs_not_in_this_spec(self, names: set[str]) -> None:
+        runs_folder = self.root / "runs"
+        others = sorted(path for path in runs_folder.iterdir() if path.is_dir() and path.name not in names
+                        and RunFolder(path).recorded()) if runs_folder.is_dir() else []
+        if not others:
+            return
+        if self.overwrite:
+            for path in others:
+                self._forget(RunFolder(path))
+                shutil.rmtree(path)
+            return
+        shown = ", ".join(path.name for path in others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8
+                                                                else "")
+        changes = self._changes_to_the_recorded_spec()
+        raise ChangedSpec(f"{self.root} holds {len(others)} run{'s' * (len(others) > 1)} that this spec does not "
+                          f"run: {shown}" + (f" (its spec.yaml changed: {'; '.join(changes[:6])})" if changes else "")
+                          + ". One output folder holds one spec's runs: spec.yaml would no longer describe them. "
+                          "Give a fresh --output, or rerun with --overwrite (removes them, and runs every run of "
+                          "this spec again from scratch).")
+
+    def _changes_to_the_recorded_spec(self) -> list[str]:
+        """``["train.lr: 0.003 → 0.001", ...]`` between the output's spec.yaml and this spec."""
+        try:
+            recorded = yaml.safe_load((self.root / "spec.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return []
+        if not isinstance(recorded, dict):
+            return []
+        current = self.spec.model_dump(mode="json")
+        for what in (recorded, current):
+            for key in ("execution", "output"):
+                what.pop(key, None)
+        return differences(recorded, current)
 
     def _forget(self, folder: RunFolder) -> None:
         """--overwrite: the run's folder is emptied and its MLflow run deleted (MLflow keeps it restorable)."""
@@ -220,6 +275,15 @@ class Engine:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+def _never_started(run: RunSpec, stopped: bool) -> RunResult:
+    """The outcome of a run the executor never started: stopped before its turn, or left out."""
+    if stopped:
+        return RunResult(run.name, "KILLED", None, run.output_dir, "stopped before it started; `specreach run "
+                                                                     "--resume` runs it")
+    return RunResult(run.name, "FAILED", None, run.output_dir, "never started: the executor ended without running "
+                                                                 "it; `specreach run --resume` runs it")
 
 
 def _checkpoint_fingerprint(folder: RunFolder) -> str | None:

@@ -79,24 +79,37 @@ def _number(text: str) -> Any:
 def read_table(path: Path, drop_partial_line: bool = False) -> list[dict[str, Any]]:
     """The rows of a metrics table. ``drop_partial_line``: a last line cut short by a killed process
     is dropped (with a warning); otherwise it, like any other damage, is an error naming the line."""
+    rows, cut = read_whole_rows(path)
+    if cut and not drop_partial_line:
+        raise ValueError(f"{path}: its last line is cut short (the process writing it was killed?); resuming "
+                         "the run repairs it")
+    if cut:
+        warnings.warn(f"{path}: dropped a last line cut short; the run recomputes it from its checkpoint",
+                      stacklevel=2)
+    return rows
+
+
+def read_whole_rows(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The whole rows of a metrics table, and whether a last line cut short (a killed writer) was left
+    out; any other damage is an error naming the file and line."""
     path = Path(path)
     try:
         with path.open(newline="") as handle:
             text = handle.read()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a metrics table (not UTF-8 text: {error.reason})") from None
-    if text and not text.endswith("\n"):
-        if not drop_partial_line:
-            raise ValueError(f"{path}: its last line is cut short (the process writing it was killed?); resuming "
-                             "the run repairs it")
+    cut = bool(text) and not text.endswith("\n")
+    if cut:
         text = text[:text.rfind("\n") + 1]
-        warnings.warn(f"{path}: dropped a last line cut short; the run recomputes it from its checkpoint",
-                      stacklevel=2)
     rows = []
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        if None in row or None in row.values():
-            raise ValueError(f"{path}:{reader.line_num}: the line does not match the header (damaged); rerun "
-                             "the run with --overwrite")
-        rows.append({key: _number(value) for key, value in row.items()})
-    return rows
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise ValueError(f"{path}:{reader.line_num}: the line does not match the header (damaged); rerun "
+                                 "the run with --overwrite")
+            rows.append({key: _number(value) for key, value in row.items()})
+    except csv.Error as error:  # e.g. a field over the csv module's size limit
+        raise ValueError(f"{path}:{reader.line_num + 1}: not a metrics table line ({error}; damaged); rerun the run "
+                         "with --overwrite") from None
+    return rows, cut

@@ -4,8 +4,12 @@ table of every metric row that ``specreach export`` writes.
 Runs are found under any folder: a run's own folder, a spec's output folder, or a folder holding
 several (the ``output`` of many specs). A run folder is one with a ``status.json`` or a ``run.json``
 (:class:`~specreach.engine.run_folder.RunFolder` names the files); MLflow's artifact copies of a
-table are not run folders. A file that cannot be read makes that run's status ``DAMAGED`` with the
-reason, and the other runs are still listed.
+table are not run folders. A file that cannot be read (or holds a value of the wrong type) makes
+that run's status ``DAMAGED`` with the reason, and the other runs are still listed; a last table
+line cut short by a killed run is left out, and said so.
+
+``export`` never writes into what it reads: not into a run's folder, nor over a file a spec's output
+records (its spec.yaml, its MLflow store, …).
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from specreach.engine.metrics_table import read_table
-from specreach.engine.run_folder import RunFolder
+from specreach.engine.metrics_table import read_whole_rows
+from specreach.engine.run_folder import DamagedFile, RunFolder
 
 #: What every run contributes to the export besides its metrics, from its run.json.
 METADATA = ("spec", "run", "status", "phase", "architecture", "size", "seed", "parameterization", "data",
             "parameters", "trainable_parameters")
+#: The types of the values listing reads from run.json and status.json (when present).
+DESCRIPTION_TYPES: dict[str, Any] = {"name": str, "specreach.spec": str, "sweep": dict, "steps": int}
+STATUS_TYPES: dict[str, Any] = {"status": str, "message": str, "pid": int, "host": str,
+                                "wall_seconds": (int, float), "started_at": (int, float)}
+#: Files of a spec's output folder (beside runs/) that export must not overwrite.
+SPEC_RECORDS = ("spec.yaml", "engine.json", "sync.json", "mlflow.db", "mlflow.db.lock", ".lock")
 
 
 @dataclass
@@ -34,6 +44,7 @@ class RecordedRun:
     state: dict[str, Any] = field(default_factory=dict)  # status.json
     rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv
     problem: str | None = None  # why a file could not be read
+    cut_line: bool = False  # metrics.csv ends in a line cut short (left out of rows)
 
     @property
     def name(self) -> str:
@@ -111,7 +122,7 @@ def _alive(state: dict[str, Any]) -> bool:
     return True
 
 
-def _is_run_folder(path: Path) -> bool:
+def is_run_folder(path: Path) -> bool:
     folder = RunFolder(path)
     return folder.status_file.is_file() or folder.description.is_file()
 
@@ -124,7 +135,7 @@ def find_run_folders(paths: Iterable[str | Path]) -> list[RunFolder]:
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such folder; give a spec's output folder (printed at the end of "
                                     "`specreach run`), one of its runs, or a folder holding several")
-        if _is_run_folder(path):
+        if is_run_folder(path):
             found.setdefault(path.resolve(), RunFolder(path))
             continue
         markers = {RunFolder(path).status_file.name, RunFolder(path).description.name}
@@ -143,14 +154,29 @@ def read_run(folder: RunFolder) -> RecordedRun:
     run = RecordedRun(folder)
     try:
         if folder.description.is_file():
-            run.description = folder.read_description()
+            run.description = _typed_record(folder.description, folder.read_description(), DESCRIPTION_TYPES,
+                                            folder.remedy)
         if folder.status_file.is_file():
-            run.state = folder.read_status()
+            run.state = _typed_record(folder.status_file, folder.read_status(), STATUS_TYPES, folder.remedy)
         if folder.metrics.is_file():
-            run.rows = read_table(folder.metrics)
-    except ValueError as error:  # a damaged file: say which, and go on with the other runs
+            run.rows, run.cut_line = read_whole_rows(folder.metrics)
+    except (ValueError, OSError) as error:  # a damaged file: say which, and go on with the other runs
         run.problem = str(error)
     return run
+
+
+def _typed_record(path: Path, record: dict[str, Any], types: dict[str, Any], remedy: str) -> dict[str, Any]:
+    """``record`` if each value listing reads has its type (a bool is no number); else DamagedFile."""
+    for key, expected in types.items():
+        value = record.get(key)
+        if value is not None and (not isinstance(value, expected) or (isinstance(value, bool) and expected is not
+                                                                         bool)):
+            kinds = expected if isinstance(expected, tuple) else (expected,)
+            wanted = " or ".join({dict: "a mapping", str: "text", int: "a whole number", float: "a number"}[k]
+                                 for k in kinds)
+            raise DamagedFile(path, f"'{key}' holds {type(value).__name__} {str(value)[:40]!r}, not {wanted} "
+                                    "(damaged or edited)", remedy)
+    return record
 
 
 def read_runs(paths: Iterable[str | Path]) -> list[RecordedRun]:
@@ -222,18 +248,38 @@ def _typed(frame):
     return frame
 
 
-def export(runs: Sequence[RecordedRun], path: str | Path, format: str) -> Path:
-    """Write :func:`metrics_frame` to ``path`` as ``parquet`` or ``csv``."""
-    frame = metrics_frame(runs)
+def export(runs: Sequence[RecordedRun], path: str | Path, format: str) -> int:
+    """Write :func:`metrics_frame` to ``path`` as ``parquet`` or ``csv``; returns the rows written."""
     path = Path(path)
+    refuse_recorded_output(path)
+    if format not in ("parquet", "csv"):
+        raise ValueError(f"export format {format!r}: choose parquet or csv")
+    frame = metrics_frame(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "parquet":
         frame.to_parquet(path, index=False)
-    elif format == "csv":
-        frame.to_csv(path, index=False)
     else:
-        raise ValueError(f"export format {format!r}: choose parquet or csv")
-    return path
+        frame.to_csv(path, index=False)
+    return len(frame)
+
+
+def refuse_recorded_output(path: Path) -> None:
+    """Export writes a new file: never into a run's folder, over what a spec's output records, or
+    onto a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"export --output {path}: is a folder; give the file to write, e.g. "
+                         f"{path / 'metrics.parquet'}")
+    resolved = path.resolve()
+    for folder in resolved.parents:
+        if is_run_folder(folder):
+            raise ValueError(f"export --output {path}: lies in the run folder {folder}, which export never writes "
+                             "into (it would replace what the run recorded); give a path outside it")
+        if folder.name in ("runs", "mlartifacts") and (folder.parent / "spec.yaml").is_file():
+            raise ValueError(f"export --output {path}: lies in {folder}, part of a spec's output; give a path "
+                             "outside it")
+    if resolved.name in SPEC_RECORDS and (resolved.parent / "spec.yaml").is_file():
+        raise ValueError(f"export --output {path}: is a file the spec's output folder records; give another name")
 
 
 # --- as text --------------------------------------------------------------------------------------

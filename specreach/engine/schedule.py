@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 
-from specreach.spec import EveryWindows, LogWindows
+from specreach.spec import EveryWindows, LogWindows, check_measured_step_count
 
 Schedule = LogWindows | EveryWindows | list[int]
 
 
 def measurement_steps(schedule: Schedule, total_steps: int) -> dict[int, int]:
     """Map each measured step (0 ≤ step < total_steps) to its window index, in step order."""
+    check_measured_step_count(schedule, total_steps)  # counted before a billion steps are listed
     if isinstance(schedule, list):
         outside = sorted(step for step in set(schedule) if not 0 <= step < total_steps)
         if outside:  # never dropped silently: a measurement asked for and not made is a wrong figure

@@ -13,7 +13,8 @@ engine state), so any executor can call it in another process or on another mach
 - Checkpoints are on by default: after every run of consecutive measured steps (a measurement
   window), whenever ``train.checkpoint_minutes`` passed since the last one, every
   ``train.checkpoint_every`` steps if set, on interruption and at the end; each is written to a
-  temporary file, synced to disk and renamed, so a crash leaves the previous one whole. A run
+  temporary file, synced to disk and renamed, so a crash leaves the previous one whole, and carries
+  a checksum of its contents (:mod:`specreach.state_digest`), so one damaged on disk is refused. A run
   whose folder holds a checkpoint resumes from it and ends exactly as an uninterrupted run would
   (model, optimizer, scheduler, RNG states, the data position and the sinks' positions are all
   restored); a run without one starts afresh, dropping rows of an attempt that died before its
@@ -45,12 +46,13 @@ from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync
 from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
 from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
-from specreach.engine.tasks import check_model_fits_data, loss_for, output_size
+from specreach.engine.tasks import batch_problem, check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
     DTYPES, autocast, batches, build_data, build_network, evaluate, model_recipe, resolve_device, to_device,
     total_steps, warmup_factor,
 )
 from specreach.models.parameterization import optimizer_for, save_checkpoint
+from specreach.state_digest import mismatch, with_digest
 from specreach.tracking import Tracker, flatten
 
 
@@ -101,6 +103,10 @@ def load_checkpoint(path) -> dict[str, Any] | None:
         state if isinstance(state, dict) else ())
     if missing:
         raise DamagedFile(path, f"is not a specreach checkpoint (it lacks {', '.join(sorted(missing))})", remedy)
+    if mismatch(state):
+        raise DamagedFile(path, "does not match the checksum written with it: its contents changed on disk after it "
+                                "was written (a damaged disk or memory, a flipped bit), and resuming from it would "
+                                "give other numbers", remedy)
     return state
 
 
@@ -187,6 +193,7 @@ class RunSession:
         pool = self.data.validation_pool()
         if run.measure.validation_size is not None:
             pool = (pool[0][:run.measure.validation_size], pool[1][:run.measure.validation_size])
+        self._check_validation_pool(pool, info)
         self.pool = pool
         self.loss_fn = loss_for(info)
         self.recipe = model_recipe(run, info)  # with what the data decides (a Llama's vocab when not given)
@@ -231,6 +238,19 @@ class RunSession:
         self.sink.status("RUNNING", step=self.step)
         self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar,
                                  measured=self.monitor.schedule)
+
+    def _check_validation_pool(self, pool, info) -> None:
+        """The pool is where measurement batches B come from and what evaluation averages over."""
+        run = self.spec
+        where = f"the validation pool of data '{run.data.kind}' ({len(pool[0])} samples)"
+        problem = batch_problem(pool[0], pool[1], info)
+        if problem:
+            raise ValueError(f"{where} cannot be measured or evaluated on: {problem}; the data is at fault: fix the "
+                             "data source")
+        batch = run.measure.batch_size or run.train.batch_size
+        if run.measure.enabled and (run.measure.cross_batch or run.measure.fixed_batch) and batch > len(pool[0]):
+            raise ValueError(f"measure.batch_size: {batch} is more than {where}, which batch B is drawn from; set "
+                             f"measure.batch_size to at most {len(pool[0])}, or give the data a larger pool")
 
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:
         run = self.spec
@@ -298,6 +318,12 @@ class RunSession:
                 loss = self.loss_fn(outputs, targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
+                bad_data = batch_problem(inputs, targets, self.data.info())
+                if bad_data:
+                    raise ValueError(f"step {step}: the training batch of data '{run.data.kind}' for this step "
+                                     f"(train.data_seed {run.train.data_seed}, batch size {run.train.batch_size}) "
+                                     f"makes the loss {loss_value}: {bad_data}. The data is at fault, not the "
+                                     "learning rate: fix the data source")
                 previous = (f"last finite loss {last_finite[1]:.6g} at step {last_finite[0]}"
                             if last_finite is not None else "no finite loss before it")
                 raise FloatingPointError(f"step {step}: the training loss is {loss_value}; {previous}. "
@@ -362,6 +388,7 @@ class RunSession:
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
                  "fingerprint": self.fingerprint, "code": self.code, **(before_step or {}),
                  **({"final": final} if final is not None else {})}
+        state = with_digest(state)  # loading recomputes it: a flipped bit on disk is refused
         path = self.folder.checkpoint
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

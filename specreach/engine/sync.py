@@ -34,14 +34,20 @@ def _root_and_runs(directory: Path) -> tuple[Path, list[RunFolder]]:
 def sync(directory: str | Path, tracking_uri: str | None = None) -> Iterator[str]:
     """Sync every run under ``directory``; yields a line per run saying what was sent."""
     from specreach.engine.sinks import MlflowSink
-    from specreach.tracking import Tracker, initialise_store, local_tracking_uri
+    from specreach.tracking import (
+        Tracker, check_tracking_uri, initialise_store, local_tracking_uri, own_store, reachable,
+    )
 
     directory = Path(directory)
     root, folders = _root_and_runs(directory)
     engine_state = read_json(root / "engine.json", "delete it; sync then starts a new parent run")
-    uri = tracking_uri or engine_state.get("tracking_uri") or local_tracking_uri(root)
+    uri = tracking_uri or own_store(root, engine_state.get("tracking_uri")) or local_tracking_uri(root)
     spec = _spec(root)
     experiment = (spec.get("tracking") or {}).get("experiment") or spec.get("name") or root.name
+    check_tracking_uri(uri)
+    if not reachable(uri):
+        raise ConnectionError(f"no MLflow server answers at {uri}: start it (or give --tracking-uri URI of one that "
+                              "runs); nothing was sent, the run folders keep everything")
     with FolderLock(root, "output folder"):
         initialise_store(uri)
         state_path = root / "sync.json"
@@ -70,8 +76,9 @@ def sync(directory: str | Path, tracking_uri: str | None = None) -> Iterator[str
                 continue
             description = folder.read_description()
             recorded = status.get("tracking") or {}
-            same_store = recorded.get("uri", uri) == uri
-            run_id = _existing(uri, (recorded.get("run_id") or status.get("run_id")) if same_store else None) \
+            # A run id is unique to its run: where the store has it, it is this run's, whatever the
+            # store was called when the run recorded it (a folder moved with its SQLite store).
+            run_id = _existing(uri, recorded.get("run_id") or status.get("run_id")) \
                 or _existing(uri, known["runs"].get(folder.path.name))
             if run_id is None:
                 tracker = Tracker.start(uri, experiment, folder.path.name, artifact_root=root / "mlartifacts",

@@ -25,6 +25,24 @@ def loss_for(info: DataInfo):
     return LOSSES[info.task]
 
 
+#: The target value cross-entropy leaves out (PyTorch's ``ignore_index``): padding, masked tokens.
+IGNORED_TARGET = -100
+
+
+def batch_problem(inputs: Tensor, targets: Tensor, info: DataInfo) -> str | None:
+    """What makes a batch unusable whatever the model and learning rate: NaN or Inf values, or not
+    one target the loss counts (the mean over no samples is NaN). None for a usable batch."""
+    for name, values in (("input", inputs), ("target", targets)):
+        if values.is_floating_point():
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                return f"{bad} of its {values.numel()} {name} values are NaN or Inf"
+    if info.task in ("classification", "next-token") and bool((targets == IGNORED_TARGET).all()):
+        return (f"it has no sample to learn from: every one of its {targets.numel()} targets is the ignored value "
+                f"{IGNORED_TARGET}")
+    return None
+
+
 def output_size(info: DataInfo) -> int:
     """What a new linear head must emit for this task."""
     size = {"next-token": info.vocab, "classification": info.classes, "regression": 1}[info.task]

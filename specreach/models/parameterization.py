@@ -24,6 +24,7 @@ from torch import nn
 from specreach.models.base import ModelBuilder
 from specreach.params.models import ModelRecipe, Parameterization
 from specreach.plugins import create
+from specreach.state_digest import mismatch, with_digest
 
 def builder_for(kind: str) -> ModelBuilder:
     return create("model", kind)
@@ -82,7 +83,8 @@ def optimizer_for(model: nn.Module, parameterization: Parameterization, **adamw:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, recipe: ModelRecipe, **extra: Any) -> None:
-    torch.save({"recipe": recipe.model_dump(), "state_dict": model.state_dict(), **extra}, path)
+    """The model and its recipe, with a checksum of both (:mod:`specreach.state_digest`)."""
+    torch.save(with_digest({"recipe": recipe.model_dump(), "state_dict": model.state_dict(), **extra}), path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -93,6 +95,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if "recipe" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a specreach checkpoint (it has no 'recipe' and 'state_dict')")
+    if mismatch(checkpoint):
+        raise ValueError(f"{path}: does not match the checksum written with it: its contents changed on disk (a "
+                         "flipped bit?); train the model again (delete its run folder, or rerun with --overwrite)")
     recipe = ModelRecipe(**checkpoint["recipe"])
     model = build_model(recipe)
     model.load_state_dict(checkpoint["state_dict"])

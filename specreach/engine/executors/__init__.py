@@ -33,6 +33,10 @@ from specreach.engine.progress import SweepProgress
 from specreach.engine.runs import RunResult, RunSpec
 
 
+class ExecutorFailed(RuntimeError):
+    """The executor itself failed (not one of its runs): the runs it started recorded how they ended."""
+
+
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -6,10 +6,12 @@
   worker's share of the cores (cores / workers), so runs do not oversubscribe the machine.
 - Ctrl-C (or SIGTERM to this process) sets a shared stop event: every worker stops its run at
   the next step boundary and writes a checkpoint. Workers ignore SIGINT themselves, so a
-  terminal's Ctrl-C reaches them only through that event.
+  terminal's Ctrl-C reaches them only through that event; they are started with SIGINT blocked
+  and ignore it before unblocking it, so a Ctrl-C while a worker starts cannot kill it either.
 - A worker that dies (killed, out of memory, a crash in native code) takes only its own run
   down: the run is started again in a fresh worker from its last checkpoint, up to
-  ``max_retries`` times, then marked FAILED (crashed: ``--resume`` retries it).
+  ``max_retries`` times, then marked FAILED (crashed: ``--resume`` retries it). A worker that dies
+  while idle holds no run: a fresh one takes its place when a run is handed out.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ READY = "ready"
 NOT_STARTED = ("worker processes exit as they start (exit code {code}). With execution kind 'processes', "
                "a script that runs the engine must do so under `if __name__ == \"__main__\":` (workers are "
                "started with spawn, which imports the main module again); otherwise see the error printed above")
+KILLED_STARTING = "a worker process was killed by signal {signal} as it started (before it could take a run)"
 
 
 def _worker_main(connection, stop_event, threads: int) -> None:
     """A worker: say it is ready, then receive a run, run it, send its result; None ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through stop_event
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while we started
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
     connection.send(READY)
@@ -96,7 +100,13 @@ class ProcessExecutor(Executor):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=_worker_main, args=(child_end, stop_event, threads),
                                       name="specreach-worker", daemon=True)
-            process.start()
+            # Started with SIGINT blocked (the mask survives exec), so a Ctrl-C that reaches the process group
+            # while it starts is pending, then discarded when it ignores SIGINT; ours waits for the unblock.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child_end.close()
             worker = _Worker(process, parent_end)
             workers.append(worker)
@@ -121,6 +131,8 @@ class ProcessExecutor(Executor):
 
     def _hand_out(self, plan: Plan, workers: list[_Worker], count: int, start_worker) -> None:
         while True:
+            for gone in [w for w in workers if w.run is None and not w.process.is_alive()]:
+                self._discard(gone, workers)  # died while idle: it held no run, a fresh worker replaces it
             idle = next((w for w in workers if w.run is None), None)
             if idle is None and len(workers) >= count:
                 return
@@ -129,7 +141,17 @@ class ProcessExecutor(Executor):
                 return
             worker = idle or start_worker()
             worker.run = run
-            worker.connection.send(run)
+            try:
+                worker.connection.send(run)
+            except OSError:  # it died just now, before it got the run (BrokenPipeError)
+                self._discard(worker, workers)
+                plan.retry(run)
+
+    @staticmethod
+    def _discard(worker: _Worker, workers: list[_Worker]) -> None:
+        workers.remove(worker)
+        worker.connection.close()
+        worker.process.join(timeout=5)
 
     def _collect(self, worker: _Worker, plan: Plan, workers: list[_Worker], attempts: dict[str, int],
                  stop: threading.Event) -> None:
@@ -151,7 +173,12 @@ class ProcessExecutor(Executor):
         worker.connection.close()
         code = worker.process.exitcode
         if not worker.ready:
-            raise RuntimeError(NOT_STARTED.format(code=code))
+            if stop.is_set():  # stopped while it started: the run never began, --resume runs it
+                if run is not None:
+                    plan.retry(run)
+                return
+            raise RuntimeError(KILLED_STARTING.format(signal=-code) if code is not None and code < 0
+                               else NOT_STARTED.format(code=code))
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         attempts[run.name] = attempts.get(run.name, 0) + 1
         if attempts[run.name] <= self.params.max_retries and not stop.is_set():

@@ -1,7 +1,8 @@
 """The ``ray`` executor: each run is a Ray task with its own CPUs and GPUs.
 
 - ``address: null`` starts a local Ray instance for this execution (and stops it at the end);
-  ``auto``, ``host:port`` or ``ray://host:port`` join an existing cluster.
+  ``auto``, ``host:port`` or ``ray://host:port`` join an existing cluster. An address where nothing
+  listens is an error within seconds that names it (Ray itself retries for minutes).
 - Runs write checkpoints and metrics under the spec's output folder, which on a cluster of
   several machines must be storage they all share; they track to the spec's MLflow URI (a
   server on a cluster: a SQLite file is only safe on one machine).
@@ -26,6 +27,8 @@ from specreach.engine.executors import Executor, Plan, record_crash, run_guarded
 
 POLL_SECONDS = 0.2  # how often a task looks for its stop file (a stat: cheap, even on NFS)
 STOP_FILE = "stop"
+CONNECT_SECONDS = 10.0
+CLIENT_PORT, CLUSTER_PORT = 10001, 6379  # Ray's defaults: Ray Client (ray://), the cluster's GCS
 
 
 class RayParams(BaseModel):
@@ -45,6 +48,29 @@ def import_ray():
     except ImportError:
         raise ValueError("execution kind 'ray' needs Ray: pip install 'specreach[ray]' (or pip install ray)") from None
     return ray
+
+
+def check_listening(address: str) -> None:
+    """A ConnectionError naming ``address`` unless something accepts connections there (``auto`` is
+    found by Ray itself)."""
+    import socket
+
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://")
+    host, separator, port = target.rpartition(":")
+    if not separator:
+        host, port = target, str(CLIENT_PORT if address.startswith("ray://") else CLUSTER_PORT)
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS):
+            return
+    except TimeoutError:
+        reason = f"no answer within {CONNECT_SECONDS:g} s"
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+    raise ConnectionError(f"execution.params.address {address}: no Ray cluster answers there ({reason}); start one "
+                          f"(`ray start --head --port {CLUSTER_PORT}`), or give the address of a running cluster "
+                          "(or null for a local instance)")
 
 
 def run_task(run, threads: int):
@@ -82,6 +108,7 @@ class RayExecutor(Executor):
             if params.address is None:
                 ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="warning")
             else:
+                check_listening(params.address)
                 ray.init(address=params.address, logging_level="warning")
         try:
             task = ray.remote(run_task).options(num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run,
