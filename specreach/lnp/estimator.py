@@ -12,6 +12,7 @@ and the assembly of the result.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from specreach.params.estimators import NoParams
+from specreach.lnp.distributed import Ranks
 from specreach.lnp.per_sample_norms import PerSampleNormTape
+from specreach.lnp.loss_units import counts_nothing
 from specreach.lnp.problem import (
-    Batch, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
+    Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
 )
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
 
@@ -56,14 +59,16 @@ class PerSampleNormEstimator(Estimator):
 
     def measure(self, problem: MeasurementProblem) -> LNPResult:
         a = self._measure_batch(problem, problem.batch_a, "A", problem.outputs_a)
-        grad_a = a.gradient if a.gradient is not None else problem.grad_a
-        assert grad_a is not None  # the step's gradient is reused only when given
+        grad_a = a.global_gradient(problem)
         if problem.batch_b is None:
             b, grad_dot = a, gradient_dot(grad_a, grad_a)
         else:
             b = self._measure_batch(problem, problem.batch_b, "B", None)
             assert b.gradient is not None  # never reused on B
-            grad_dot = gradient_dot(grad_a, b.gradient)
+            # D = Σ_r (m_r/m) ⟨∇L_A, ∇L_B,r⟩: a scalar per rank
+            grad_dot = gradient_dot(grad_a, b.gradient) * b.share
+            if problem.ranks is not None:
+                grad_dot = problem.ranks.sum([grad_dot])[0]
         return assemble_result(
             estimator=self.name,
             probes=problem.probes,
@@ -87,18 +92,36 @@ class PerSampleNormEstimator(Estimator):
 
         A training step's gradient on A is reused only if the step computed the function
         measured here (same outputs): after a step with dropout or in mixed precision it is
-        recomputed, so that D, L and N come from one function.
+        recomputed, so that D, L and N come from one function. In a data-parallel step
+        (``problem.ranks``) the batch is this rank's shard; L, χ_loss, m and χ_net come back as the
+        global batch's (:mod:`specreach.lnp.distributed`), and the step's gradient (DDP's average) is
+        reused only where it is the global batch's: every rank computed the measured function, on
+        shards of as many units.
         """
+        ranks = problem.ranks
         tape = PerSampleNormTape(problem.model, problem.params)
+        tape.ranks = ranks
         with torch.enable_grad():
             outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
             try:
-                gradient: tuple[Tensor, ...] | None = None
-                output_grad: Tensor | None = None
-                loss_value: float | None = None
-                if step_outputs is None or not same_function(outputs, step_outputs):
-                    gradient, output_grad, loss_value = self._gradient(problem, batch, outputs, which)
-                measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
+                with ranks.agreed() if ranks is not None else contextlib.nullcontext():
+                    gradient: tuple[Tensor, ...] | None = None
+                    output_grad: Tensor | None = None
+                    loss_value: float | None = None
+                    if ranks is not None and counts_nothing(problem.loss_fn, batch.targets, problem.ignore_index,
+                                                            batch.loss_mask):
+                        # a shard of nothing but ignored targets: no units, no part of g, L or N
+                        measured, gradient = _empty_shard(batch, outputs), tuple(map(torch.zeros_like, problem.params.values()))
+                    else:
+                        if step_outputs is None or not same_function(outputs, step_outputs):
+                            gradient, output_grad, loss_value = self._gradient(problem, batch, outputs, which)
+                        measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
+                counts, reused = [measured.units], [gradient is None]
+                if ranks is not None:
+                    counts, reused = map(list, zip(*ranks.gather((measured.units, gradient is None))))
+                reusable = all(reused) and len(set(counts)) == 1  # DDP averages: the global gradient on even shards
+                if gradient is None and not reusable:
+                    gradient = self._gradient(problem, batch, outputs, which)[0]
                 if gradient is None and not step_gradient_fits(tape, outputs, measured.output_grad, problem):
                     warnings.warn(
                         "grad_a is not the gradient of the loss on batch A (it was clipped, scaled, or accumulated "
@@ -110,9 +133,16 @@ class PerSampleNormEstimator(Estimator):
                 paths = tape.paths
             finally:
                 tape.clear()
-        return _BatchMeasurement(measured.loss, squared_norm(measured.output_grad), measured.units, chi_net,
-                                 gradient, paths)
-
+        units = sum(counts)
+        if units == 0:
+            raise ValueError(f"batch {which} has no counted targets on any rank (every target is ignored); "
+                             "LNP is undefined for it")
+        share = measured.units / units
+        # The global loss is the mean over every rank's units: each shard's g scales by m_r / m.
+        loss, chi_loss = measured.loss * share, squared_norm(measured.output_grad) * share**2
+        if ranks is not None:
+            loss, chi_loss = ranks.sum([loss, chi_loss])
+        return _BatchMeasurement(loss, chi_loss, units, chi_net, gradient, paths, share, ranks)
 
     @staticmethod
     def _gradient(problem: MeasurementProblem, batch: Batch, outputs: Tensor,
@@ -135,6 +165,7 @@ def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Te
     0.5 %: TF32 matmuls on a GPU round both sides at about 1e-3, and a gradient clipped by less
     than that changes D by less.
     Without a linear readout there is nothing cheap to compare, and the step's gradient is trusted.
+    In a data-parallel step (even shards: see ``_measure_batch``) the closed form is averaged over the ranks.
     """
     readout = tape.linear_readout(outputs)
     assert problem.grad_a is not None
@@ -148,13 +179,16 @@ def step_gradient_fits(tape: PerSampleNormTape, outputs: Tensor, output_grad: Te
         g = output_grad.reshape(-1, readout.out_features)
         a = readout.input.reshape(-1, width)
         expected = (g.T @ (a @ directions) * readout.scale).double()
+        if problem.ranks is not None:  # DDP's average over even shards: the mean of the shards' gradients
+            expected = problem.ranks.sum_tensor(expected / problem.ranks.size)
         given = (problem.grad_a[index].to(directions.dtype) @ directions).double()
         return bool(torch.linalg.vector_norm(given - expected) <= 5e-3 * torch.linalg.vector_norm(expected) + 1e-30)
 
 
 @dataclass(frozen=True)
 class _BatchMeasurement:
-    """What one batch contributes; no tensors of its forward, so its graph is freed before the next."""
+    """What one batch contributes; no tensors of its forward, so its graph is freed before the next.
+    L, χ_loss, m and χ_net are the global batch's; the gradient is this rank's shard's."""
 
     loss: float
     chi_loss: float
@@ -162,6 +196,36 @@ class _BatchMeasurement:
     chi_net: ChiNet
     gradient: tuple[Tensor, ...] | None  # None: the training step's gradient is reused
     paths: dict[str, str]
+    share: float = 1.0  # m_r / m: this rank's part of the batch's units
+    ranks: Ranks | None = None
+
+    def global_gradient(self, problem: MeasurementProblem) -> tuple[Tensor, ...]:
+        """∇L of the global batch: the step's (already global), or Σ_r (m_r/m) ∇L_r over the ranks."""
+        if self.gradient is None:
+            assert problem.grad_a is not None  # the step's gradient is reused only when given
+            return problem.grad_a
+        if self.ranks is None:
+            return self.gradient
+        dense = [g.to_dense() if g.is_sparse else g for g in self.gradient]
+        flat = torch.cat([(torch.view_as_real(g) if g.is_complex() else g).reshape(-1).double() for g in dense])
+        summed = self.ranks.sum_tensor(flat * self.share)
+        pieces, start = [], 0
+        for g in dense:
+            size = g.numel() * (2 if g.is_complex() else 1)
+            piece = summed[start:start + size]
+            pieces.append((torch.view_as_complex(piece.reshape(*g.shape, 2)) if g.is_complex()
+                           else piece.reshape(g.shape)).to(g.dtype))
+            start += size
+        return tuple(pieces)
+
+
+def _empty_shard(batch: Batch, outputs: Tensor) -> BatchOutputs:
+    """What a shard whose every target is ignored contributes: nothing, with every position left out."""
+    targets = batch.targets
+    shape = targets.shape if isinstance(targets, Tensor) and tuple(outputs.shape[:targets.dim()]) == tuple(
+        targets.shape) else outputs.shape[:1]
+    mask = torch.zeros(shape, dtype=torch.bool, device=outputs.device)
+    return BatchOutputs(outputs, torch.zeros_like(outputs), 0.0, mask, 0)
 
 
 def same_function(outputs: Tensor, step_outputs: Tensor) -> bool:

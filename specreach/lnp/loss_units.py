@@ -54,6 +54,18 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
     return mask
 
 
+def counts_nothing(loss_fn: Any, targets: Any, ignore_index: IgnoreIndex = "auto", loss_mask: Tensor | None = None) -> bool:
+    """Whether every target of the batch is ignored (a data-parallel shard of nothing but padding): it
+    has no units, and its loss is undefined on its own."""
+    if loss_mask is not None:
+        return not bool(loss_mask.any())
+    if ignore_index is None or not isinstance(targets, Tensor) or targets.is_floating_point() or not targets.numel():
+        return False
+    declared = declared_ignore_index(loss_fn)
+    value = (DEFAULT_IGNORE_INDEX if declared is None else declared) if ignore_index == "auto" else ignore_index
+    return bool(torch.eq(targets, value).all())
+
+
 def _not_ignored(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: Tensor, which: str,
                  ignore_index: IgnoreIndex) -> Tensor | None:
     """The positions whose target is not ignored (see :func:`counted_positions`), or None: all."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from specreach.lnp.distributed import Ranks, gather_shards, unwrap
 from specreach.lnp.estimator import Estimator, PerSampleNormEstimator
 from specreach.lnp.layer_rules import install_layer_rules
 from specreach.lnp.loss_units import IgnoreIndex
@@ -34,6 +36,7 @@ def measure_lnp(
     loss_mask_a: Tensor | None = None,
     loss_mask_b: Tensor | None = None,
     verify: bool = True,
+    process_group: Any = "auto",
     **estimator_options: Any,
 ) -> LNPResult:
     """Measure the LNP components D = ⟨∇L_B, ∇L_A⟩ = L · N · P of ``model`` on two batches.
@@ -63,6 +66,10 @@ def measure_lnp(
             :class:`~specreach.lnp.verify.VerificationError`, with the mismatch per parameter group).
             It is cached on the model's structure and parameters (:func:`~specreach.lnp.verify.verify_once`);
             ``verify=False`` skips it.
+        process_group: in a data-parallel run, the ranks whose shards make the global batches
+            (``"auto"``: the default group once ``torch.distributed`` is initialized with several ranks;
+            None: this process's batches alone). Every rank passes its shards and gets the components of
+            the concatenated batches.
         estimator_options: the estimator's own parameters (validated by its ``Params`` model).
 
     The measured function is the model in eval mode (dropout off) at full precision (autocast
@@ -76,7 +83,7 @@ def measure_lnp(
     return measure_lnp_at_step(
         model, loss_fn, batch_a, batch_b, estimator=estimator, probes=probes, generator=generator,
         units_a=units_a, units_b=units_b, ignore_index=ignore_index, loss_mask_a=loss_mask_a,
-        loss_mask_b=loss_mask_b, verify=verify, **estimator_options,
+        loss_mask_b=loss_mask_b, verify=verify, process_group=process_group, **estimator_options,
     )
 
 
@@ -97,6 +104,7 @@ def measure_lnp_at_step(
     loss_mask_a: Tensor | None = None,
     loss_mask_b: Tensor | None = None,
     verify: bool = True,
+    process_group: Any = "auto",
     **estimator_options: Any,
 ) -> LNPResult:
     """:func:`measure_lnp` for a training loop that already has the step's work on batch A.
@@ -107,11 +115,29 @@ def measure_lnp_at_step(
     only if the step computed the measured function (same outputs). After a step with active
     dropout or in mixed precision it is recomputed on the measured function instead, and
     ``result.step_gradient_reused`` is False.
+
+    In a data-parallel run (``torch.distributed`` initialized with several ranks; ``process_group``
+    picks another group, None measures this process's batches alone) every rank passes its shards
+    of A and B, and every rank gets the components of the concatenated batches; a DDP-wrapped model
+    is measured through the module it wraps (see :mod:`specreach.lnp.distributed`).
     """
     install_layer_rules()
     est = resolve_estimator(estimator, estimator_options, probes)
+    ranks = Ranks.of(process_group)
+    model = unwrap(model)
     params = trainable_parameters(model)
     check_measurable(model)
+    generator = generator if generator is not None else _fresh_generator()
+    if ranks is not None and not isinstance(est, PerSampleNormEstimator):
+        # The explicit kernel (and a plugin's estimator) sees the global batches whole, on every rank.
+        batch_a, loss_mask_a, units_a = gather_shards(ranks, batch_a, loss_mask_a, units_a)
+        if batch_b is not None:
+            batch_b, loss_mask_b, units_b = gather_shards(ranks, batch_b, loss_mask_b, units_b)
+        if grad_a is not None:
+            grad_a = outputs_a = None  # of this rank's shard: recomputed on the whole batch
+        ranks = None
+    elif ranks is not None:
+        generator = ranks.fork(generator)
     if grad_a is not None and outputs_a is None:
         raise ValueError("grad_a needs outputs_a, the training step's outputs on batch A: they show whether the "
                          "step computed the measured function (no active dropout, same precision)")
@@ -121,15 +147,17 @@ def measure_lnp_at_step(
         params=params,
         batch_a=make_batch(batch_a, "a", units_a, loss_mask_a),
         batch_b=None if batch_b is None else make_batch(batch_b, "b", units_b, loss_mask_b),
-        generator=generator if generator is not None else _fresh_generator(),
+        generator=generator,
         probes=getattr(est.params, "probes", None),
         grad_a=None if grad_a is None else _align_gradient(grad_a, params),
         outputs_a=None if outputs_a is None else outputs_a.detach(),
         ignore_index=ignore_index,
+        ranks=ranks,
     )
     with untouched(model), measured_function(model):
         if verify and isinstance(est, PerSampleNormEstimator):
-            verify_once(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
+            with ranks.agreed() if ranks is not None else contextlib.nullcontext():  # each rank checks its shard
+                verify_once(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
         return est.measure(problem)
 
 

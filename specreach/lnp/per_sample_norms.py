@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 
 from opacus.grad_sample.embedding import compute_embedding_grad_sample
 
+from specreach.lnp.distributed import Ranks
 from specreach.lnp.layer_rules import applicable_rule, functional_call_context, input_scale
 from specreach.lnp.coverage import CoveragePlan, RuleCall, plan_coverage
 from specreach.lnp.forward_record import ForwardRecorder, is_batched
@@ -58,6 +59,9 @@ class PerSampleNormTape:
         #: Positions of the recorded outputs that count (True), or None: all. Set by the estimator
         #: flow from the loss's ignored targets (``lnp-math.md`` §8); probes are zero elsewhere.
         self.output_mask: Tensor | None = None
+        #: The ranks of a data-parallel step whose shards the probe sums combine over (set by the
+        #: estimator flow; None: this process's batch alone).
+        self.ranks: Ranks | None = None
         #: What every probe of this forward reuses (activation Gram matrices, normalized inputs).
         self._reused: dict[tuple[int, str], Tensor] = {}
         #: Ids of recorded calls whose per-sample VJP torch.func.vmap could not run (looped instead).

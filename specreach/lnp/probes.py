@@ -162,7 +162,12 @@ class ProbeAccumulator:
     def summed(self) -> ChiNet:
         """χ_net when the probes were the unit vectors of every coordinate (``exact``)."""
         value = float(torch.stack(self.per_probe).sum() + self.closed_form) if self.per_probe else float(self.closed_form)
-        return ChiNet(value, by_group=self._groups(1.0))
+        groups = self._groups(1.0)
+        ranks = self.tape.ranks
+        if ranks is not None:  # every rank's samples: the global batch
+            value, *values = ranks.sum([value, *groups.values()])
+            groups = dict(zip(groups, values))
+        return ChiNet(value, by_group=groups)
 
     def averaged(self) -> ChiNet:
         """χ_net as the mean over random probes with E[r rᵀ] = I, with its standard error.
@@ -176,14 +181,21 @@ class ProbeAccumulator:
         """
         per_probe = torch.stack(self.per_probe)  # (K, n)
         probes = per_probe.shape[0]
-        value = float(per_probe.sum(dim=1).mean() + self.closed_form)
+        closed_form = float(self.closed_form)
+        groups = self._groups(1.0 / probes)
+        ranks = self.tape.ranks
+        if ranks is not None:  # every rank's samples: the global batch, and its standard error
+            per_probe = torch.cat([values.to(per_probe.device) for values in ranks.gather(per_probe.cpu())], dim=1)
+            closed_form, *values = ranks.sum([closed_form, *groups.values()])
+            groups = dict(zip(groups, values))
+        value = float(per_probe.sum(dim=1).mean()) + closed_form
         stderr = dof = math.nan
         if probes > 1:
             variances = per_probe.var(dim=0, correction=1) / probes
             total = float(variances.sum())
             dof = total**2 / float(variances.square().sum() / (probes - 1)) if total > 0 else math.inf
             stderr = math.sqrt(total) * t_widening(dof)
-        return ChiNet(value, stderr, self._groups(1.0 / probes), dof, probes)
+        return ChiNet(value, stderr, groups, dof, probes)
 
     def _groups(self, scale: float) -> dict[str, float]:
         groups = {group: float(value) * scale for group, value in self.by_group.items()}

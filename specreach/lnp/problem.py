@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from specreach.lnp.distributed import Ranks
 from specreach.lnp.loss_units import IgnoreIndex, check_loss, counted_positions, units_of
 
 LossFn = Callable[[Tensor, Any], Tensor]
@@ -47,6 +48,8 @@ class MeasurementProblem:
     grad_a: tuple[Tensor, ...] | None = None  # the training step's ∇L_A, aligned with params
     outputs_a: Tensor | None = None  # the training step's outputs (logits) on A
     ignore_index: IgnoreIndex = "auto"
+    #: the ranks of a data-parallel step, whose shards make the global batches (None: this process alone)
+    ranks: Ranks | None = None
 
     @property
     def full_batch(self) -> bool:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from specreach.lnp.layer_rules import install_layer_rules
-from specreach.lnp.loss_units import IgnoreIndex, mask_outputs
+from specreach.lnp.loss_units import IgnoreIndex, counts_nothing, mask_outputs
 from specreach.lnp.per_sample_norms import PerSampleNormTape, group_of
 from specreach.lnp.problem import (
     Batch, MeasurementProblem, batch_outputs, batch_size, check_measurable, forward,
@@ -161,8 +161,8 @@ def verify_once(model: nn.Module, loss_fn, batch: tuple[Any, Any], *, params: Ma
         tuple((tuple(t.shape[1:]), t.dtype) for t in pytree.tree_leaves(batch[0]) if isinstance(t, Tensor)),
     )
     verified = _VERIFIED.setdefault(model, set())
-    if fingerprint in verified:
-        return None
+    if fingerprint in verified or counts_nothing(loss_fn, batch[1], ignore_index, loss_mask):
+        return None  # known; or a data-parallel shard of padding alone, with nothing to check (others check)
     report = verify_model(model, loss_fn, batch, params=params, ignore_index=ignore_index, loss_mask=loss_mask)
     verified.add(fingerprint)
     return report
