@@ -49,15 +49,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: the runs recorded how they stopped
         print(f"stopped; continue with: specreach run --resume {engine.root}", file=sys.stderr)
         return 130
-    width = max(len(r.name) for r in results) if results else 0
-    for result in results:
-        print(f"{result.name:<{width}}  {result.status:<8}  {result.message}".rstrip())
+    from specreach.engine.outcomes import outcome_lines
+
+    sizes = {run.name: run.size for run in engine.runs()}
+    for line in outcome_lines(results, sizes, engine.root):
+        print(line)
     print(f"output: {engine.root}")
-    print(f"tracking: {engine.tracking_uri}  (view with: specreach ui {engine.root})")
+    print(f"tracking: {engine.tracking_uri}  ({view_hint(engine)})")
     if any(r.status == "KILLED" for r in results):
         print(f"interrupted; continue with: specreach run --resume {engine.root}")
         return 130
     return 1 if any(r.status == "FAILED" for r in results) else 0
+
+
+def view_hint(engine) -> str:
+    """How to open the store the runs were tracked in: the output folder's, another SQLite file, a server."""
+    from specreach.tracking import SQLITE_PREFIX, local_tracking_uri
+
+    uri = engine.tracking_uri
+    if not engine.spec.tracking.enabled:
+        return "tracking is off: the metrics tables are in the output folder"
+    if uri == local_tracking_uri(engine.root):
+        return f"view with: specreach ui {engine.root}"
+    if uri.startswith(SQLITE_PREFIX):
+        return f"view with: specreach ui {uri}"
+    return f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else f"view with: mlflow ui " \
+        f"--backend-store-uri {uri}"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -129,11 +146,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    directory = Path(args.directory)
-    if not (directory / "mlflow.db").exists():
-        raise FileNotFoundError(f"no MLflow store at {directory / 'mlflow.db'}: give the output directory of a "
-                                "run (it is printed at the end of `specreach run`)")
-    uri = f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+    from specreach.tracking import SQLITE_PREFIX
+
+    if args.store.startswith(SQLITE_PREFIX):  # a store named by its URI (SPECREACH_TRACKING_URI, --tracking-uri)
+        uri, database = args.store, Path(args.store[len(SQLITE_PREFIX):])
+    elif "://" in args.store:
+        raise ValueError(f"{args.store} is not a SQLite store: a tracking server serves its own UI, open its "
+                         "address in a browser")
+    else:
+        database = Path(args.store) / "mlflow.db"
+        uri = f"{SQLITE_PREFIX}{database.resolve()}"
+    if not database.exists():
+        raise FileNotFoundError(f"no MLflow store at {database}: give the output directory of a run, or the "
+                                "store's sqlite:/// URI (both are printed at the end of `specreach run`)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
     print(" ".join(command), flush=True)
@@ -352,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "parameters")
     schema.set_defaults(run=cmd_schema)
 
-    ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store")
-    ui.add_argument("directory", help="the output directory printed by `specreach run`")
+    ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store (or a SQLite store's URI)")
+    ui.add_argument("store", metavar="DIR_OR_URI", help="the output directory printed by `specreach run`, or a "
+                    "sqlite:/// tracking URI (SPECREACH_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(run=cmd_ui)

@@ -27,6 +27,7 @@ import signal
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -102,7 +103,8 @@ class Engine:
         write_atomically(resolved, yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False))
         parent = self._parent_tracker()
         runs = self.runs(parent.run_id)
-        done = {run.name: result for run in runs if (result := RunFolder(run.output_dir).result(run.name))}
+        done = {run.name: replace(result, skipped=True) for run in runs
+                if (result := RunFolder(run.output_dir).result(run.name))}
         try:
             with self._signals_stop():
                 ran = {result.name: result for result in

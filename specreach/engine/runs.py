@@ -62,7 +62,8 @@ class RunResult:
     """One run's outcome: its status, MLflow run id, output folder and final numbers.
 
     ``crashed`` marks a run whose process died (not the run's own failure): resuming runs it
-    again from its last checkpoint.
+    again from its last checkpoint. ``skipped`` marks a run that had finished before this
+    execution (under the same fingerprint): it was not run again.
     """
 
     name: str
@@ -72,6 +73,7 @@ class RunResult:
     message: str = ""
     final: dict[str, float] = field(default_factory=dict)
     crashed: bool = False
+    skipped: bool = False
 
     @property
     def metrics_path(self) -> Path:
