@@ -1,10 +1,13 @@
-"""The built-in components, registered by name through the same hooks as any plugin.
+"""The built-in components, registered by name through the same hooks as any plugin, and the
+built-in ``after_sweep`` hook that draws the training-dynamics figures.
 
 Nothing here imports a component: each is imported the first time a run (or a listing of its
 parameters) needs it. The parameter models of models and data sources live in
 :mod:`specreach.params`, so a spec is validated without importing torch; estimators declare
 ``uses_probes`` (and theirs, in :mod:`specreach.params.estimators`) for the same reason, and every component a ``summary`` for ``specreach plugins``.
 """
+
+from pathlib import Path
 
 from specreach.plugins import hookimpl
 
@@ -66,3 +69,21 @@ def register_layer_rules(register):
              summary="per-sample rules of muP's MuReadout")
     register("specreach.models.layer_rules:TimmLayerNormRules", name="timm-layernorm", requires="timm",
              summary="per-sample rules of timm's LayerNorm")
+
+
+@hookimpl
+def register_sinks(register):
+    register("specreach.engine.sinks:MlflowSink", name="mlflow",
+             summary="one MLflow run per run, nested under the spec's parent run (tracking.uri)")
+    register("specreach.engine.tensorboard_sink:TensorBoardSink", name="tensorboard",
+             params="specreach.engine.tensorboard_sink:TensorBoardParams",
+             summary="TensorBoard event files in each run folder (tensorboard --logdir OUTPUT/SPEC/runs)")
+
+
+@hookimpl
+def after_sweep(results, directory):
+    """The training-dynamics figures under ``<output>/<spec>/plots`` (:mod:`specreach.paper.plots`)."""
+    from specreach.paper.plots import plot_runs
+
+    recorded = [result for result in results if result.metrics_path.exists()]
+    return plot_runs(recorded, Path(directory) / "plots") if recorded else []

@@ -67,8 +67,8 @@ def view_hint(engine) -> str:
     from specreach.tracking import SQLITE_PREFIX, local_tracking_uri
 
     uri = engine.tracking_uri
-    if not engine.spec.tracking.enabled:
-        return "tracking is off: the metrics tables are in the output folder"
+    if not engine.spec.tracking.uses_mlflow:
+        return "no MLflow store: the metrics tables are in the output folder"
     if uri == local_tracking_uri(engine.root):
         return f"view with: specreach ui {engine.root}"
     if uri.startswith(SQLITE_PREFIX):
@@ -208,7 +208,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 #: Where a spec names a component of each kind, and where its parameters go.
 SPEC_PLACES = {"estimator": ("measure.estimator", "measure.options"), "dataset": ("data.kind", "data.params"),
-               "model": ("model.kind", "model.params and model.sizes"), "executor": ("execution.kind", "execution.params")}
+               "model": ("model.kind", "model.params and model.sizes"), "executor": ("execution.kind", "execution.params"),
+               "sink": ("tracking.sinks", "tracking.sinks: [{kind: NAME, params: {...}}]")}
 
 
 def _component_lines(kind: str, registered) -> list[str]:
@@ -222,7 +223,8 @@ def _component_lines(kind: str, registered) -> list[str]:
         return lines
     named, params_key = SPEC_PLACES[kind]
     fields = registered.params.model_fields
-    lines.append(f"  in a spec: {named}: {registered.name}; parameters under {params_key}"
+    lines.append(f"  in a spec: {named}: {'[' * (kind == 'sink')}{registered.name}{']' * (kind == 'sink')}; "
+                 f"parameters under {params_key}"
                  + ("" if fields else " (none)"))
     for field_name, field in fields.items():
         kind_text = type_name(field.annotation, {}).replace("`", "")

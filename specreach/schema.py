@@ -3,7 +3,7 @@
 Pydantic's schema of :class:`~specreach.spec.Spec` knows ``data.params`` only as "a mapping". Here
 each section that names a component gets, for every registered component, an ``if kind is X
 then params follow X's parameter model`` clause, so an editor (or ``jsonschema``) checks and
-completes ``data.params``, ``model.params``, ``measure.options`` and ``execution.params`` as
+completes ``data.params``, ``model.params``, ``measure.options``, ``execution.params`` and each of ``tracking.sinks`` as
 strictly as ``specreach validate`` does, descriptions included.
 """
 
@@ -28,6 +28,7 @@ SECTIONS = (
     ComponentSection("dataset", "DataSection", "kind", "params"),
     ComponentSection("estimator", "MeasureSection", "estimator", "options"),
     ComponentSection("executor", "ExecutionSection", "kind", "params"),
+    ComponentSection("sink", "SinkChoice", "kind", "params"),
 )
 
 
@@ -81,4 +82,7 @@ def spec_schema(manager: PluginManager | None = None) -> dict[str, Any]:
         names = ", ".join(manager.registry(place.kind))
         field = section["properties"][place.name_key]
         field["description"] = f"{field.get('description', '')} Installed: {names}.".strip()
+    # A sink is named by a plain name too (the spec reads `[mlflow, tensorboard]` as `[{kind: mlflow}, ...]`).
+    sinks = definitions["TrackingSection"]["properties"]["sinks"]
+    sinks["items"] = {"anyOf": [{"type": "string"}, sinks["items"]]}
     return schema

@@ -37,7 +37,7 @@ from specreach.engine.executors import Executor
 from specreach.engine.locks import FolderLock
 from specreach.engine.run_folder import RunFolder, read_json, write_atomically
 from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, computed, differences, expand, fingerprint
-from specreach.plugins import create
+from specreach.plugins import create, get_plugin_manager
 from specreach.spec import Spec
 from specreach.tracking import Tracker, default_tracking_uri, flatten
 
@@ -78,9 +78,10 @@ class Engine:
 
     def runs(self, parent_run_id: str | None = None) -> list[RunSpec]:
         target = TrackingTarget(
-            enabled=self.spec.tracking.enabled, uri=self.tracking_uri,
+            enabled=self.spec.tracking.uses_mlflow, uri=self.tracking_uri,
             experiment=self.spec.tracking.experiment or self.spec.name,
             artifact_root=self.root / "mlartifacts", parent_run_id=parent_run_id,
+            sinks=self.spec.tracking.plugin_sinks(),
         )
         return expand(self.spec, self.root, target)
 
@@ -118,10 +119,10 @@ class Engine:
             if result.name in ran and result.status == "FAILED":
                 warnings.warn(f"run {result.name} failed: {result.message}", stacklevel=2)
         interrupted = self._stop.is_set() or any(r.status == "KILLED" for r in results) or len(results) < len(runs)
-        plots = self._plots(results)
+        made = get_plugin_manager().after_sweep(results, self.root)  # the figures, and a plugin's summaries
         parent.log_artifact(resolved)
-        for path in plots:
-            parent.log_artifact(path, "plots")
+        for path in made:
+            parent.log_artifact(path, Path(path).parent.name)
         failed = [r.name for r in results if r.status == "FAILED"]
         parent.finish("KILLED" if interrupted else "FAILED" if failed and len(failed) == len(results) else "FINISHED",
                       f"failed runs: {', '.join(failed)}" if failed else None)
@@ -158,7 +159,7 @@ class Engine:
             run_id = folder.read_status().get("run_id")
         except ValueError:
             run_id = None
-        if run_id and self.spec.tracking.enabled:
+        if run_id and self.spec.tracking.uses_mlflow:
             Tracker.existing(self.tracking_uri, run_id).delete()
         folder.clear()
 
@@ -169,10 +170,10 @@ class Engine:
     def _parent_tracker(self) -> Tracker:
         state_path = self.root / "engine.json"
         state = read_json(state_path, "delete it to start a new parent run in MLflow")
-        if self.overwrite and state.get("parent_run_id") and self.spec.tracking.enabled:
+        if self.overwrite and state.get("parent_run_id") and self.spec.tracking.uses_mlflow:
             Tracker.existing(self.tracking_uri, state["parent_run_id"]).delete()
             state = {}
-        if not self.spec.tracking.enabled:
+        if not self.spec.tracking.uses_mlflow:
             return Tracker.disabled()
         # A changed spec gets a parent run of its own: MLflow params cannot change.
         same_spec = state.get("spec_fingerprint") == self._spec_fingerprint()
@@ -187,19 +188,6 @@ class Engine:
         write_atomically(state_path, json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": self.tracking_uri,
                                                  "spec_fingerprint": self._spec_fingerprint()}))
         return tracker
-
-    def _plots(self, results: list[RunResult]) -> list[Path]:
-        from specreach.paper.plots import plot_runs
-
-        finished = [r for r in results if r.metrics_path.exists()]
-        if not finished:
-            return []
-        try:
-            return plot_runs(finished, self.root / "plots")
-        except Exception as error:  # a plot must never lose a run
-            warnings.warn(f"plotting failed ({type(error).__name__}: {error}); the metrics tables are intact",
-                          stacklevel=2)
-            return []
 
     @contextmanager
     def _signals_stop(self):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from specreach.params.models import ModelRecipe, Parameterization
 from specreach.sweep_values import typed_values
 from specreach.spec import (
-    DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
+    DataSection, MeasureSection, SinkChoice, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
 )
 
 Phase = Literal["train", "probe-trained", "probe-random"]
@@ -32,6 +32,7 @@ class TrackingTarget(BaseModel):
     experiment: str
     artifact_root: Path
     parent_run_id: str | None = None
+    sinks: tuple[SinkChoice, ...] = ()  # the registered sinks the run opens besides MLflow
 
     @classmethod
     def off(cls) -> "TrackingTarget":

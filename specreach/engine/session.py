@@ -43,7 +43,7 @@ from specreach.engine.monitor import LNPMonitor, MonitorConfig
 from specreach.engine.progress import Progress
 from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
 from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
-from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
+from specreach.engine.sinks import MlflowSink, RunStart, Sink, Sinks, TableSink
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
@@ -51,6 +51,7 @@ from specreach.engine.training import (
     total_steps, warmup_factor,
 )
 from specreach.models.parameterization import optimizer_for, save_checkpoint
+from specreach.plugins import lookup
 from specreach.tracking import Tracker, flatten
 
 
@@ -244,10 +245,13 @@ class RunSession:
             )
         self.run_id = tracker.run_id
         self.table, self.mlflow = TableSink(self.folder.metrics), MlflowSink(tracker)
+        start = RunStart(run.name, run.spec_name, self.folder.path, {k: str(v) for k, v in tags.items()},
+                         flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})))
+        chosen = [lookup("sink", choice.kind).component(start, **choice.params) for choice in run.tracking.sinks]
         # status.json last: it is what says the run is done.
         self.status_sink = StatusSink(self.folder, tracker.run_id, fingerprint=self.fingerprint, code=self.code)
         self.status_sink.tracking_state = self.mlflow.record
-        return Sinks([self.table, self.mlflow, self.status_sink])
+        return Sinks([self.table, self.mlflow, *chosen, self.status_sink])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         state = load_checkpoint(self.folder.checkpoint)
