@@ -15,7 +15,7 @@ import sys
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from specreach.config import check_spec
+    from specreach.config import check_spec, load_resumed_spec
     from specreach.engine import Engine
 
     execution = [f"execution.kind={args.executor}"] if args.executor else []
@@ -24,8 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.spec:  # argparse reads the first override as the spec
             raise ValueError("--resume continues a run directory as it was; give no spec with it "
                              "(execution.* overrides and --executor may change how its runs execute)")
-        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri,
-                               overrides=[*execution, *args.overrides])
+        spec = load_resumed_spec(args.resume, [*execution, *args.overrides])
+        engine = Engine.resume(args.resume, spec, tracking_uri=args.tracking_uri)
     else:
         if not args.spec:
             raise ValueError("give a spec file (or --resume DIR)")

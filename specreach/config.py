@@ -38,7 +38,8 @@ from specreach.spec_file import KeyPath, Problem, SpecError, line_for
 from specreach.spec_file import load as load_file
 from specreach.suggest import closest, did_you_mean
 
-__all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_spec", "validate_config"]
+__all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_resumed_spec", "load_spec",
+           "validate_config"]
 
 ENVIRONMENT = re.compile(r"\$\{\s*(oc\.env|env)\s*:\s*([^,}]*)")
 
@@ -474,6 +475,20 @@ def _output_problems(loaded: Loaded, spec: Spec) -> list[Problem]:
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load, override, resolve and validate a spec file."""
     return validate_config(load_config(path, overrides))
+
+
+def load_resumed_spec(directory: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """The spec of an interrupted run directory (its resolved ``spec.yaml``), for ``--resume``.
+
+    ``overrides`` may change how the runs execute (``execution.…``), never what they compute."""
+    spec_path = Path(directory) / "spec.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
+    changed = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("execution")]
+    if changed:
+        raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
+                         f"not {', '.join(changed)}")
+    return load_spec(spec_path, overrides)
 
 
 # --- what depends on this machine ----------------------------------------------------------------

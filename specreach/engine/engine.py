@@ -29,7 +29,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -56,23 +55,10 @@ class Engine:
         self._stop = threading.Event()
 
     @classmethod
-    def resume(cls, directory: str | Path, *, tracking_uri: str | None = None,
-               overrides: Sequence[str] = ()) -> "Engine":
-        """Continue the runs of an interrupted engine from its output directory.
-
-        ``overrides`` may change how the runs execute (``execution.…``), never what they compute.
-        """
-        from specreach.config import load_spec
-
+    def resume(cls, directory: str | Path, spec: Spec, *, tracking_uri: str | None = None) -> "Engine":
+        """Continue the runs of an interrupted engine from its output directory, with its spec as
+        :func:`specreach.config.load_resumed_spec` reads it back, in the tracking store it started in."""
         directory = Path(directory)
-        spec_path = directory / "spec.yaml"
-        if not spec_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
-        changed = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("execution")]
-        if changed:
-            raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
-                             f"not {', '.join(changed)}")
-        spec = load_spec(spec_path, overrides)
         state = read_json(directory / "engine.json", "delete it to start a new parent run in MLflow")
         return cls(spec, output=directory.parent, tracking_uri=tracking_uri or state.get("tracking_uri"))
 
