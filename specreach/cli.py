@@ -222,7 +222,11 @@ def _component_lines(kind: str, registered) -> list[str]:
     if kind not in SPEC_PLACES:
         return lines
     named, params_key = SPEC_PLACES[kind]
+    imported = not registered.params_known
     fields = registered.params.model_fields
+    if imported:
+        lines.append("  (its parameters were read by importing it, as every spec using it must: register it with "
+                     "params='module:Params', from a module that imports no torch, to validate specs without it)")
     lines.append(f"  in a spec: {named}: {'[' * (kind == 'sink')}{registered.name}{']' * (kind == 'sink')}; "
                  f"parameters under {params_key}"
                  + ("" if fields else " (none)"))

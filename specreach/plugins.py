@@ -237,6 +237,11 @@ class Registered:
         return self.component.Params
 
     @property
+    def summary_known(self) -> bool:
+        """Whether :attr:`summary` is available without importing the component."""
+        return self._summary is not None or self.loaded
+
+    @property
     def summary(self) -> str:
         """One line on what it is: the declared summary, else the first line of the class's docstring
         (which imports the component)."""
