@@ -162,6 +162,19 @@ def test_a_script_without_a_main_guard_gets_told_how_to_fix_it(tmp_path):
     assert "worker processes exit as they start" in done.stderr and 'if __name__ == "__main__":' in done.stderr
 
 
+def assert_one_ordered_view(stderr: str, names: list[str]) -> None:
+    """What a person sees of a sweep run elsewhere: whole lines of the runs, in order, then the sweep's
+    last line; no worker output glued onto another line, no colour codes, no log summaries."""
+    assert "\x1b" not in stderr and "repeated" not in stderr and "pid=" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert all(line.startswith("[") for line in lines), lines
+    assert all(line.count("] step ") + line.count("[sweep]") <= 1 for line in lines), lines
+    assert lines[-1].startswith(f"[sweep] {len(names)}/{len(names)} runs done"), lines[-3:]
+    for name in names:
+        mine = [line for line in lines if line.startswith(f"[{name}] step ")]
+        assert mine[0] == f"[{name}] step 1/12: measuring" and mine[-1].startswith(f"[{name}] step 12/12 loss ")
+
+
 @pytest.mark.slow
 def test_processes_run_a_sweep_with_the_numbers_of_a_local_run(tmp_path, references):
     spec_path = write_spec(tmp_path, {**SWEEP, "name": "12-steps"})
@@ -169,6 +182,7 @@ def test_processes_run_a_sweep_with_the_numbers_of_a_local_run(tmp_path, referen
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "12-steps"
     names = ["s-seed0", "m-seed0", "s-seed1", "m-seed1"]
+    assert_one_ordered_view(done.stderr, names)
     for name in names:
         assert status_of(root / "runs" / name)["status"] == "FINISHED"
         assert_same_tables(root / "runs" / name / "metrics.csv", references["sweep"] / name / "metrics.csv")
@@ -299,6 +313,7 @@ def test_ray_runs_a_sweep_on_a_cluster_with_the_numbers_of_a_local_run(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "12-steps"
     names = ["s-seed0", "m-seed0", "s-seed1", "m-seed1"]
+    assert_one_ordered_view(done.stderr, names)
     for name in names:
         assert status_of(root / "runs" / name)["status"] == "FINISHED"
         assert_same_tables(root / "runs" / name / "metrics.csv", references["sweep"] / name / "metrics.csv")

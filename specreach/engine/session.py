@@ -68,18 +68,19 @@ def never() -> bool:
 
 
 def run_session(run: RunSpec, should_stop: Callable[[], bool] = never, *, threads: int | None = None,
-                progress_bar: bool = True) -> RunResult:
+                progress_bar: bool = True, report: Callable[[dict], None] | None = None) -> RunResult:
     """Train (or resume) one run to the end, an interruption, or a failure.
 
     ``threads``: torch CPU threads for this run when the spec leaves ``train.threads`` unset
-    (executors that share the cores pass their share); restored afterwards.
+    (executors that share the cores pass their share); restored afterwards. ``report``: where its
+    progress goes as events instead of the terminal (:mod:`specreach.engine.progress`).
     """
     before = torch.get_num_threads()
     threads = run.train.threads or threads
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return RunSession(run, should_stop, progress_bar=progress_bar).run()
+        return RunSession(run, should_stop, progress_bar=progress_bar, report=report).run()
     finally:
         torch.set_num_threads(before)
 
@@ -106,8 +107,9 @@ def load_checkpoint(path) -> dict[str, Any] | None:
 
 
 class RunSession:
-    def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True):
-        self.spec, self.should_stop, self.progress_bar = run, should_stop, progress_bar
+    def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True,
+                 report: Callable[[dict], None] | None = None):
+        self.spec, self.should_stop, self.progress_bar, self.report = run, should_stop, progress_bar, report
         self.folder = RunFolder(run.output_dir)
         self.fingerprint, self.code = fingerprint(run), code_version()
         self.sink: Sink | None = None
@@ -231,7 +233,7 @@ class RunSession:
                                        "run_spec": run.model_dump(mode="json")})
         self.sink.status("RUNNING", step=self.step)
         self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar,
-                                 measured=self.monitor.schedule)
+                                 measured=self.monitor.schedule, report=self.report)
 
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:
         run = self.spec
