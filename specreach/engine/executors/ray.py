@@ -88,7 +88,9 @@ class RayExecutor(Executor):
         if started_here:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if params.address is None:
-                ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="warning")
+                # Errors only: Ray's notices about a cluster (its token authentication) do not concern one that
+                # lives and dies with this sweep on the loopback interface.
+                ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="error")
             else:
                 ray.init(address=params.address, logging_level="warning")
         try:
