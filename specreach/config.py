@@ -323,7 +323,8 @@ def _top_level_problems(loaded: Loaded) -> list[Problem]:
     return problems
 
 
-def _pydantic_problems(loaded: Loaded, error: ValidationError, checked: set[str] = frozenset()) -> list[Problem]:
+def _pydantic_problems(loaded: Loaded, error: ValidationError, checked: frozenset[str] | set[str] = frozenset()
+                       ) -> list[Problem]:
     """What Pydantic found. ``checked``: sections whose components were already found wrong, with the
     exact key (:func:`_component_problems`): Pydantic's own report of the same mistake is left out."""
     problems: list[Problem] = []
@@ -438,7 +439,7 @@ def validate_config(loaded: Loaded) -> Spec:
             problems.append(Problem(loaded.source, 1, "", f"cannot be validated: {type(error).__name__}: {error}"))
     if spec is not None:
         problems += _bool_problems(loaded, spec) + _output_problems(loaded, spec)
-    if problems:
+    if problems or spec is None:
         raise SpecError(problems)
     return spec
 

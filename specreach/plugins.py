@@ -478,10 +478,11 @@ class PluginManager:
     def after_sweep(self, results: list, directory: Any) -> list:
         """Every plugin's ``after_sweep`` hook; the files they made. A hook that fails warns and is
         skipped: what runs recorded is never lost to it."""
-        files: list = []
+        files: list[Any] = []
         for impl in reversed(self._pm.hook.after_sweep.get_hookimpls()):  # registration order
             try:
-                files.extend(impl.function(results=results, directory=directory) or [])
+                made: Any = impl.function(results=results, directory=directory)
+                files.extend(made or [])
             except Exception as error:
                 warnings.warn(f"specreach: {impl.plugin_name}'s after_sweep hook failed ({type(error).__name__}: "
                               f"{error}); the runs' records are intact", stacklevel=2)

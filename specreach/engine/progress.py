@@ -118,6 +118,7 @@ class Progress:
             self._send(text, eta)
 
     def _send(self, text: str | None, eta: float | None) -> None:
+        assert self.report is not None  # only runs that report send
         self.reported = time.monotonic()
         self.report({"run": self.name, "line": text, "eta": eta, "elapsed": self.reported - self.started})
 

@@ -320,7 +320,7 @@ def final_loss_note(series: dict[GroupKey, list[dict]], fits: dict) -> str:
     seeds = sorted({p["seeds"] for points in series.values() for p in points if p["mean"] is not None})
     note = f"mean over {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])}" + (
         ", band: range over seeds" if seeds[-1] > 1 else "")
-    missing = {key: why_not_fitted(points) for key, points in series.items() if key not in fits}
+    missing = {key: why for key, points in series.items() if key not in fits and (why := why_not_fitted(points))}
     if missing:
         labels = Labels(series)
         reasons = "; ".join(f"{labels.setting(key)}: {why}" if len(series) > 1 else why
