@@ -16,7 +16,8 @@ process holding it).
 
 Output layout, under ``<output>/<spec name>/``: ``spec.yaml`` (the resolved spec),
 ``engine.json`` (the parent MLflow run), ``mlflow.db`` and ``mlartifacts/`` (the default local
-tracking store), ``runs/<run>/`` (see :mod:`specreach.engine.run_folder`) and ``plots/``.
+tracking store), ``runs/<run>/`` (see :mod:`specreach.engine.run_folder`) and ``plots/`` (drawn
+by the built-in ``after_sweep`` hook when the runs are over: the engine itself knows no figures).
 """
 
 from __future__ import annotations
