@@ -56,11 +56,13 @@ def register_models(register):
 
 @hookimpl
 def register_executors(register):
-    register("specreach.engine.executors.local:LocalExecutor", name="local",
+    executors = "specreach.engine.executors"  # their parameter models import no torch (nor Ray)
+    register(f"{executors}.local:LocalExecutor", name="local", params=f"{executors}:NoParams",
              summary="one run after another, in this process")
-    register("specreach.engine.executors.processes:ProcessExecutor", name="processes",
+    register(f"{executors}.processes:ProcessExecutor", name="processes", params=f"{executors}.processes:ProcessesParams",
              summary="worker processes on this machine")
-    register("specreach.engine.executors.ray:RayExecutor", name="ray", summary="tasks on a Ray cluster")
+    register(f"{executors}.ray:RayExecutor", name="ray", params=f"{executors}.ray:RayParams",
+             summary="tasks on a Ray cluster")
 
 
 @hookimpl
@@ -73,7 +75,7 @@ def register_layer_rules(register):
 
 @hookimpl
 def register_sinks(register):
-    register("specreach.engine.sinks:MlflowSink", name="mlflow",
+    register("specreach.engine.sinks:MlflowSink", name="mlflow", params="specreach.engine.sinks:NoParams",
              summary="one MLflow run per run, nested under the spec's parent run (tracking.uri)")
     register("specreach.engine.tensorboard_sink:TensorBoardSink", name="tensorboard",
              params="specreach.engine.tensorboard_sink:TensorBoardParams",
