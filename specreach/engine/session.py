@@ -238,17 +238,16 @@ class RunSession:
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:
         run = self.spec
         tracker = Tracker.disabled()
+        start = RunStart(run.name, run.spec_name, self.folder.path, {k: str(v) for k, v in tags.items()},
+                         flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})))
         if run.tracking.enabled:
             tracker = Tracker.start(
                 run.tracking.uri, run.tracking.experiment, run.name, artifact_root=run.tracking.artifact_root,
-                parent_run_id=run.tracking.parent_run_id, tags={k: str(v) for k, v in tags.items()},
-                params=flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})),
+                parent_run_id=run.tracking.parent_run_id, tags=start.tags, params=start.config,
                 resume_run_id=previous_run_id,
             )
         self.run_id = tracker.run_id
         self.table, self.mlflow = TableSink(self.folder.metrics), MlflowSink(tracker)
-        start = RunStart(run.name, run.spec_name, self.folder.path, {k: str(v) for k, v in tags.items()},
-                         flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})))
         chosen = [lookup("sink", choice.kind).component(start, **choice.params) for choice in run.tracking.sinks]
         # status.json last: it is what says the run is done.
         self.status_sink = StatusSink(self.folder, tracker.run_id, fingerprint=self.fingerprint, code=self.code)
