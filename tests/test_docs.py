@@ -132,12 +132,13 @@ def test_the_readme_spec_validates(tmp_path):
     assert "valid, 6 runs" in done.stdout
 
 
-#: Pages whose examples train nothing that lasts: estimators.md and plugins.md take seconds and run in the
-#: default suite; training-loop.md's four fits (Lightning, transformers) about a minute, in the slow set.
+#: Pages whose examples train nothing that lasts: estimators.md takes seconds and runs in the default suite;
+#: plugins.md (torch imported for each of its seven examples) and training-loop.md's four fits (Lightning,
+#: transformers: about a minute) in the slow set.
 QUICK_PAGES = ("estimators.md", "plugins.md", "training-loop.md")
 
 
-@pytest.mark.parametrize("name", ["estimators.md", "plugins.md",
+@pytest.mark.parametrize("name", ["estimators.md", pytest.param("plugins.md", marks=pytest.mark.slow),
                                   pytest.param("training-loop.md", marks=pytest.mark.slow)])
 def test_the_examples_of_a_page_run_as_they_stand(name, tmp_path):
     done = run_page(ROOT / "docs" / name, tmp_path, timeout=600)

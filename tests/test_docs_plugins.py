@@ -99,6 +99,7 @@ def test_a_spec_trains_on_the_documented_plugin(registered, tmp_path):
     assert list(table["step"][table["spectral_position"].notna()]) == [0, 3]
 
 
+@pytest.mark.slow  # W&B's service process starts in seconds
 def test_the_documented_wandb_sink_records_each_row_once_offline(registered, tmp_path, monkeypatch):
     """The W&B example, registered as a plugin's sink and chosen in tracking.sinks, with W&B offline
     (no network): every row of the metrics table is logged once, at its step, and the run finishes."""

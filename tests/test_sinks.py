@@ -104,6 +104,7 @@ def collected_sink():
     get_plugin_manager().unregister("collecting_plugin")
 
 
+@pytest.mark.slow  # a second engine run; the TensorBoard one above covers the path in the default suite
 def test_a_plugin_sink_is_opened_for_each_run_with_its_params(tmp_path, collected_sink):
     spec = load_spec(write_spec(tmp_path, {**ONE_SIZE, "tracking": {"sinks": [{"kind": "collected",
                                                                               "params": {"label": "mine"}}]}}),
