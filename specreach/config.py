@@ -484,10 +484,15 @@ def load_resumed_spec(directory: str | Path, overrides: Sequence[str] = ()) -> S
     spec_path = Path(directory) / "spec.yaml"
     if not spec_path.is_file():
         raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
-    changed = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("execution")]
+    keys = [override.split("=", 1)[0].strip().lstrip("+~") for override in overrides]
+    changed = [override for override, key in zip(overrides, keys) if not key.startswith("execution")]
     if changed:
         raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
                          f"not {', '.join(changed)}")
+    kinds = [override.split("=", 1)[1].strip() for override, key in zip(overrides, keys) if key == "execution.kind"]
+    recorded = load_config(spec_path).config.get("execution") or {}
+    if kinds and kinds[-1] != recorded.get("kind", "local"):
+        overrides = ["execution.params={}", *overrides]  # the recorded parameters were the other executor's
     return load_spec(spec_path, overrides)
 
 

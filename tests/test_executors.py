@@ -381,3 +381,21 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ValueError, match=r"needs Ray: pip install 'specreach\[ray\]'"):
         ray_executor.RayExecutor().run([], threading.Event())
+
+
+def test_resuming_with_another_executor_leaves_the_old_ones_parameters_behind(tmp_path):
+    """A sweep started with `--executor processes --workers 2` resumes on Ray (scaling.md's example)."""
+    import yaml
+
+    from specreach.config import load_spec
+
+    spec = load_spec(write_spec(tmp_path, SWEEP), ["execution.kind=processes", "execution.params.workers=2"])
+    folder = tmp_path / "out" / spec.name
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    done = cli("run", "--resume", folder, "--executor", "ray", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "executor ray" in done.stdout and "workers" not in done.stdout.split("runs: executor")[0].split(
+        "execution:")[1].split("output:")[0]
+    kept = cli("run", "--resume", folder, "--workers", "3", "--dry-run")
+    assert kept.returncode == 0 and "workers: 3" in kept.stdout
