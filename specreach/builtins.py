@@ -1,10 +1,13 @@
-"""The built-in components, registered by name through the same hooks as any plugin.
+"""The built-in components, registered by name through the same hooks as any plugin, and the
+built-in ``after_sweep`` hook that draws the training-dynamics figures.
 
 Nothing here imports a component: each is imported the first time a run (or a listing of its
 parameters) needs it. The parameter models of models and data sources live in
 :mod:`specreach.params`, so a spec is validated without importing torch; estimators declare
 ``uses_probes`` (and theirs, in :mod:`specreach.params.estimators`) for the same reason, and every component a ``summary`` for ``specreach plugins``.
 """
+
+from pathlib import Path
 
 from specreach.plugins import hookimpl
 
@@ -53,11 +56,13 @@ def register_models(register):
 
 @hookimpl
 def register_executors(register):
-    register("specreach.engine.executors.local:LocalExecutor", name="local",
+    executors = "specreach.engine.executors"  # their parameter models import no torch (nor Ray)
+    register(f"{executors}.local:LocalExecutor", name="local", params=f"{executors}:NoParams",
              summary="one run after another, in this process")
-    register("specreach.engine.executors.processes:ProcessExecutor", name="processes",
+    register(f"{executors}.processes:ProcessExecutor", name="processes", params=f"{executors}.processes:ProcessesParams",
              summary="worker processes on this machine")
-    register("specreach.engine.executors.ray:RayExecutor", name="ray", summary="tasks on a Ray cluster")
+    register(f"{executors}.ray:RayExecutor", name="ray", params=f"{executors}.ray:RayParams",
+             summary="tasks on a Ray cluster")
 
 
 @hookimpl
@@ -68,3 +73,21 @@ def register_layer_rules(register):
              summary="per-sample rules of timm's LayerNorm and LayerNorm2d")
     register("specreach.models.layer_rules:TransformersConv1DRules", name="transformers-conv1d",
              requires="transformers", summary="per-sample rules of Hugging Face's Conv1D (GPT-2)")
+
+
+@hookimpl
+def register_sinks(register):
+    register("specreach.engine.sinks:MlflowSink", name="mlflow", params="specreach.engine.sinks:NoParams",
+             summary="one MLflow run per run, nested under the spec's parent run (tracking.uri)")
+    register("specreach.engine.tensorboard_sink:TensorBoardSink", name="tensorboard",
+             params="specreach.engine.tensorboard_sink:TensorBoardParams",
+             summary="TensorBoard event files in each run folder (tensorboard --logdir OUTPUT/SPEC/runs)")
+
+
+@hookimpl
+def after_sweep(results, directory):
+    """The training-dynamics figures under ``<output>/<spec>/plots`` (:mod:`specreach.paper.plots`)."""
+    from specreach.paper.plots import plot_runs
+
+    recorded = [result for result in results if result.metrics_path.exists()]
+    return plot_runs(recorded, Path(directory) / "plots") if recorded else []

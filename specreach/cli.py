@@ -16,7 +16,7 @@ import sys
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from specreach.config import check_spec
+    from specreach.config import check_spec, load_resumed_spec
     from specreach.engine import Engine
 
     execution = [f"execution.kind={args.executor}"] if args.executor else []
@@ -28,7 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.spec:
             raise ValueError(f"--resume continues a run directory as it was; give no spec with it (got {args.spec}; "
                              "execution.* overrides and --executor may change how its runs execute)")
-        engine = Engine.resume(args.resume, tracking_uri=args.tracking_uri, overrides=[*execution, *overrides])
+        spec = load_resumed_spec(args.resume, [*execution, *overrides])
+        engine = Engine.resume(args.resume, spec, tracking_uri=args.tracking_uri)
     else:
         if not args.spec:
             raise ValueError("give a spec file (or --resume DIR)")
@@ -52,11 +53,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: the runs recorded how they stopped
         print(f"stopped; continue with: specreach run --resume {engine.root}", file=sys.stderr)
         return 130
-    width = max(len(r.name) for r in results) if results else 0
-    for result in results:
-        print(f"{result.name:<{width}}  {result.status:<8}  {result.message}".rstrip())
+    from specreach.engine.outcomes import outcome_lines
+
+    sizes = {run.name: run.size for run in engine.runs()}
+    for line in outcome_lines(results, sizes, engine.root):
+        print(line)
     print(f"output: {engine.root}")
-    print(f"tracking: {engine.tracking_uri}  (view with: specreach ui {engine.root})")
+    print(f"tracking: {engine.tracking_uri}  ({view_hint(engine)})")
     if any(r.status == "KILLED" for r in results):
         print(f"interrupted; continue with: specreach run --resume {engine.root}")
         return 130
@@ -65,6 +68,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _is_override(text: str) -> bool:
     return "=" in text or text.startswith(("~", "+"))
+
+
+def view_hint(engine) -> str:
+    """How to open the store the runs were tracked in: the output folder's, another SQLite file, a server."""
+    from specreach.tracking import SQLITE_PREFIX, local_tracking_uri
+
+    uri = engine.tracking_uri
+    if not engine.spec.tracking.uses_mlflow:
+        return "no MLflow store: the metrics tables are in the output folder"
+    if uri == local_tracking_uri(engine.root):
+        return f"view with: specreach ui {engine.root}"
+    if uri.startswith(SQLITE_PREFIX):
+        return f"view with: specreach ui {uri}"
+    return f"open {uri} in a browser" if uri.startswith(("http://", "https://")) else f"view with: mlflow ui " \
+        f"--backend-store-uri {uri}"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -136,11 +154,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    directory = Path(args.directory)
-    if not (directory / "mlflow.db").exists():
-        raise FileNotFoundError(f"no MLflow store at {directory / 'mlflow.db'}: give the output directory of a "
-                                "run (it is printed at the end of `specreach run`)")
-    uri = f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+    from specreach.tracking import SQLITE_PREFIX
+
+    if args.store.startswith(SQLITE_PREFIX):  # a store named by its URI (SPECREACH_TRACKING_URI, --tracking-uri)
+        uri, database = args.store, Path(args.store[len(SQLITE_PREFIX):])
+    elif "://" in args.store:
+        raise ValueError(f"{args.store} is not a SQLite store: a tracking server serves its own UI, open its "
+                         "address in a browser")
+    else:
+        database = Path(args.store) / "mlflow.db"
+        uri = f"{SQLITE_PREFIX}{database.resolve()}"
+    if not database.exists():
+        raise FileNotFoundError(f"no MLflow store at {database}: give the output directory of a run, or the "
+                                "store's sqlite:/// URI (both are printed at the end of `specreach run`)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
     print(" ".join(command), flush=True)
@@ -190,7 +216,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 #: Where a spec names a component of each kind, and where its parameters go.
 SPEC_PLACES = {"estimator": ("measure.estimator", "measure.options"), "dataset": ("data.kind", "data.params"),
-               "model": ("model.kind", "model.params and model.sizes"), "executor": ("execution.kind", "execution.params")}
+               "model": ("model.kind", "model.params and model.sizes"), "executor": ("execution.kind", "execution.params"),
+               "sink": ("tracking.sinks", "tracking.sinks: [{kind: NAME, params: {...}}]")}
 
 
 def _component_lines(kind: str, registered) -> list[str]:
@@ -203,8 +230,13 @@ def _component_lines(kind: str, registered) -> list[str]:
     if kind not in SPEC_PLACES:
         return lines
     named, params_key = SPEC_PLACES[kind]
+    imported = not registered.params_known
     fields = registered.params.model_fields
-    lines.append(f"  in a spec: {named}: {registered.name}; parameters under {params_key}"
+    if imported:
+        lines.append("  (its parameters were read by importing it, as every spec using it must: register it with "
+                     "params='module:Params', from a module that imports no torch, to validate specs without it)")
+    lines.append(f"  in a spec: {named}: {'[' * (kind == 'sink')}{registered.name}{']' * (kind == 'sink')}; "
+                 f"parameters under {params_key}"
                  + ("" if fields else " (none)"))
     for field_name, field in fields.items():
         kind_text = type_name(field.annotation, {}).replace("`", "")
@@ -370,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "parameters")
     schema.set_defaults(run=cmd_schema)
 
-    ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store")
-    ui.add_argument("directory", help="the output directory printed by `specreach run`")
+    ui = commands.add_parser("ui", help="open the MLflow UI on a run directory's store (or a SQLite store's URI)")
+    ui.add_argument("store", metavar="DIR_OR_URI", help="the output directory printed by `specreach run`, or a "
+                    "sqlite:/// tracking URI (SPECREACH_TRACKING_URI)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(run=cmd_ui)

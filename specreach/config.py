@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from specreach import overrides as override_grammar
+from specreach.datainfo import outputs_problem
 from specreach.models.presets import PRESETS
 from specreach.plugins import get_plugin_manager
 from specreach.spec import Spec
@@ -36,10 +36,11 @@ from specreach.spec_file import KeyPath, Problem, SpecError, line_for
 from specreach.spec_file import load as load_file
 from specreach.spec_interpolation import after_resolving, before_resolving
 from specreach.spec_interpolation import leaves as _leaves
-from specreach.suggest import did_you_mean
+from specreach.suggest import closest, did_you_mean
 from specreach.sweep_values import sweep_value_problems
 
-__all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_spec", "validate_config"]
+__all__ = ["Loaded", "Problem", "SpecError", "check_spec", "load_config", "load_resumed_spec", "load_spec",
+           "validate_config"]
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Loaded:
     lines: dict[KeyPath, int]
     source: str
     origins: dict[str, str]  # dotted key → the override that set it
+    problems: list[Problem] = field(default_factory=list)  # found while reading (duplicate keys)
 
     def problem(self, path: KeyPath, message: str) -> Problem:
         """A problem at ``path``, blamed on the override that set it or on the file's line."""
@@ -111,12 +113,12 @@ def valid_keys(config: dict, path: tuple) -> list[str] | None:
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
     """The spec file with ``overrides`` applied and interpolations resolved (not validated)."""
     path = Path(path)
-    data, lines, source = load_file(path)
+    data, lines, source, read_problems = load_file(path)
     if not isinstance(data, dict):
         raise SpecError([Problem(source, 1, "", f"a spec is a mapping of sections, not a {type(data).__name__}")])
     parsed = override_grammar.parse([str(o) for o in overrides])
     config, origins = override_grammar.apply(data, parsed, valid_keys)
-    loaded = Loaded(config, lines, source, origins)
+    loaded = Loaded(config, lines, source, origins, read_problems)
     _refuse(loaded, before_resolving(loaded.config))
     try:
         loaded.config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
@@ -236,6 +238,18 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
             problem(("measure", "estimator"), manager.why_unknown("estimator", estimator))
         elif estimator is not None and (measure.get("options") or registry[estimator].params_known):
             check_params(registry[estimator].params, measure.get("options") or {}, ("measure", "options"))
+    tracking = config.get("tracking")
+    if isinstance(tracking, dict) and isinstance(tracking.get("sinks"), list):
+        registry = manager.sinks()
+        for index, choice in enumerate(tracking["sinks"]):
+            kind = choice if isinstance(choice, str) else choice.get("kind") if isinstance(choice, dict) else None
+            if not isinstance(kind, str):
+                continue  # the spec's own validation says what a sink entry must be
+            path = ("tracking", "sinks", index)
+            if kind not in registry:
+                problem((*path, "kind") if isinstance(choice, dict) else path, manager.why_unknown("sink", kind))
+            elif isinstance(choice, dict):
+                check_params(registry[kind].params, choice.get("params") or {}, (*path, "params"))
     execution = config.get("execution")
     if isinstance(execution, dict):
         section_name = "execution"
@@ -245,6 +259,29 @@ def _component_problems(loaded: Loaded) -> list[Problem]:
             problem(("execution", "kind"), manager.why_unknown("executor", kind))
         elif kind is not None:
             check_params(registry[kind].params, execution.get("params") or {}, ("execution", "params"))
+    return problems
+
+
+def _sweep_problems(loaded: Loaded) -> list[Problem]:
+    """Swept keys that name no key of the spec, with the closest one that does."""
+    sweep = loaded.config.get("sweep")
+    if not isinstance(sweep, dict):
+        return []
+    problems = []
+    for key in sweep:
+        if not isinstance(key, str):
+            continue
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            keys = valid_keys(loaded.config, tuple(parts[:depth]))
+            if keys is None or part in keys:
+                continue
+            close = closest(part, keys)
+            where = ".".join(parts[:depth]) or "the spec"
+            hint = f" (did you mean '{'.'.join([*parts[:depth], close])}'?)" if close else \
+                f" (keys there: {', '.join(keys)})"
+            problems.append(loaded.problem(("sweep", key), f"no key '{part}' in {where}{hint}"))
+            break
     return problems
 
 
@@ -268,11 +305,18 @@ def _top_level_problems(loaded: Loaded) -> list[Problem]:
     return problems
 
 
-def _pydantic_problems(loaded: Loaded, error: ValidationError) -> list[Problem]:
+def _pydantic_problems(loaded: Loaded, error: ValidationError, checked: frozenset[str] | set[str] = frozenset()
+                       ) -> list[Problem]:
+    """What Pydantic found. ``checked``: sections whose components were already found wrong, with the
+    exact key (:func:`_component_problems`): Pydantic's own report of the same mistake is left out."""
     problems: list[Problem] = []
     items = []
     for item in error.errors():
         loc, tag = _config_path(loaded.config, tuple(item["loc"]))
+        section = str(loc[0]) if loc else ""
+        if section in checked and (item["type"] in ("unknown_kind", "unknown_preset")
+                                   or (item["type"] != "missing" and not _in_config(loaded.config, loc))):
+            continue  # a component's complaint, raised again from inside the section's validator
         items.append({**item, "path": loc, "tag": tag})
     # A union (e.g. measure.schedule) reports every member's complaint; keep the member that came closest.
     tags: dict[KeyPath, dict[str, int]] = {}
@@ -290,6 +334,8 @@ def _pydantic_problems(loaded: Loaded, error: ValidationError) -> list[Problem]:
         if not loc and ": " in message and " " not in message.split(": ", 1)[0]:
             key, message = message.split(": ", 1)  # a cross-section check names its key
             loc = tuple(key.split("."))
+            if loc[0] in checked:
+                continue
         if item["type"] == "extra_forbidden" and loc:
             keys = valid_keys(loaded.config, loc[:-1]) or []
             last = str(loc[-1])
@@ -300,6 +346,20 @@ def _pydantic_problems(loaded: Loaded, error: ValidationError) -> list[Problem]:
                 message = f"unknown key{did_you_mean(last, keys)}"
         problems.append(loaded.problem(loc, message))
     return problems
+
+
+def _in_config(config: Any, path: KeyPath) -> bool:
+    """Whether the config holds ``path`` (a key that is not there was reported by a nested validation,
+    such as a component's parameters checked from its section)."""
+    node = config
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
 
 
 def _config_path(config: Any, loc: KeyPath) -> tuple[KeyPath, tuple[KeyPath, str] | None]:
@@ -345,25 +405,79 @@ def _bool_problems(loaded: Loaded, spec: Spec) -> list[Problem]:
 
 
 def validate_config(loaded: Loaded) -> Spec:
-    problems = _top_level_problems(loaded) or _component_problems(loaded)
-    if problems:
-        raise SpecError(problems)
+    """The validated spec, or one SpecError with every problem found: duplicate keys, kinds and
+    parameters of components, values, each reported once."""
+    problems = [*loaded.problems, *_top_level_problems(loaded)]
+    components = _component_problems(loaded) + _sweep_problems(loaded)
+    problems += components
+    spec = None
     try:
         spec = Spec.model_validate(loaded.config)
     except ValidationError as error:
-        raise SpecError(_pydantic_problems(loaded, error)) from None
+        checked = {problem.path.split(".")[0] for problem in components}
+        problems += _pydantic_problems(loaded, error, checked)
     except (TypeError, ValueError, KeyError, AttributeError) as error:  # a validator met a shape it did not expect
-        raise SpecError([Problem(loaded.source, 1, "", f"cannot be validated: {type(error).__name__}: {error}")]) \
-            from None
-    problems = _bool_problems(loaded, spec) + [loaded.problem(path, why) for path, why in sweep_value_problems(spec)]
-    if problems:
+        if not problems:
+            problems.append(Problem(loaded.source, 1, "", f"cannot be validated: {type(error).__name__}: {error}"))
+    if spec is not None:
+        problems += _bool_problems(loaded, spec) + [loaded.problem(path, why) for path, why in sweep_value_problems(spec)]
+        if not problems:  # sweep values checked first: the output check expands the runs
+            problems += _output_problems(loaded, spec)
+    if problems or spec is None:
         raise SpecError(problems)
     return spec
+
+
+def _output_problems(loaded: Loaded, spec: Spec) -> list[Problem]:
+    """Models whose outputs cannot fit the data's task, where both sides declare their sizes in their
+    parameter models (:mod:`specreach.datainfo`): found before any model is built, at the model's key."""
+    from specreach.engine.runs import TrackingTarget, expand
+
+    manager = get_plugin_manager()
+    problems, seen = [], set()
+    for run in expand(spec, Path(spec.output) / spec.name, TrackingTarget.off()):
+        data, model = run.data, run.recipe
+        key = repr((model.kind, sorted(model.params.items()), data.kind, sorted(data.params.items())))
+        if run.phase != "train" or key in seen:  # a linear probe gets a head of the data's size
+            continue
+        seen.add(key)
+        data_params = manager.lookup("dataset", data.kind).params(**data.params)
+        model_params = manager.lookup("model", model.kind).params(**model.params)
+        if not (hasattr(data_params, "task_outputs") and hasattr(model_params, "declared_outputs")):
+            continue  # the run checks it on the built model
+        declared = model_params.declared_outputs()
+        message = None if declared is None else outputs_problem(
+            declared, data_params.task_outputs(), run.size if spec.model.presets else model.kind, data.kind)
+        if message is not None:
+            presets = spec.model.presets or []
+            where = ("model", "presets", presets.index(run.size)) if run.size in presets else \
+                ("model", "sizes", run.size) if spec.model.sizes and run.size in spec.model.sizes else ("model", "params")
+            problems.append(loaded.problem(where, message))
+    return problems
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """Load, override, resolve and validate a spec file."""
     return validate_config(load_config(path, overrides))
+
+
+def load_resumed_spec(directory: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """The spec of an interrupted run directory (its resolved ``spec.yaml``), for ``--resume``.
+
+    ``overrides`` may change how the runs execute (``execution.…``), never what they compute."""
+    spec_path = Path(directory) / "spec.yaml"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
+    keys = [override.split("=", 1)[0].strip().lstrip("+~") for override in overrides]
+    changed = [override for override, key in zip(overrides, keys) if not key.startswith("execution")]
+    if changed:
+        raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
+                         f"not {', '.join(changed)}")
+    kinds = [override.split("=", 1)[1].strip() for override, key in zip(overrides, keys) if key == "execution.kind"]
+    recorded = load_config(spec_path).config.get("execution") or {}
+    if kinds and kinds[-1] != recorded.get("kind", "local"):
+        overrides = ["execution.params={}", *overrides]  # the recorded parameters were the other executor's
+    return load_spec(spec_path, overrides)
 
 
 # --- what depends on this machine ----------------------------------------------------------------
@@ -376,13 +490,11 @@ def check_spec(path: str | Path, overrides: Sequence[str] = (), *, here: bool = 
 
     loaded = load_config(path, overrides)
     spec = validate_config(loaded)
+    problems = []
     if here and spec.execution.kind in ("local", "processes"):
         problem = device_problem(spec.train.device)
         if problem:
-            raise SpecError([loaded.problem(("train", "device"), problem)])
+            problems.append(loaded.problem(("train", "device"), problem))
+    if problems:
+        raise SpecError(problems)
     return spec, size_warnings(spec, here=here and spec.execution.kind in ("local", "processes"))
-
-
-def warn_all(messages: Sequence[str]) -> None:
-    for message in messages:
-        warnings.warn(message, stacklevel=2)

@@ -80,8 +80,20 @@ class Hooks:
         """Register per-sample rules for a package's layers: classes with ``name``, ``requires`` (the
         module whose layers they cover) and ``install()`` (see ``specreach.lnp.layer_rules``)."""
 
+    @hookspec
+    def register_sinks(self, register: Callable[..., None]) -> None:
+        """Register sinks (subclasses of ``specreach.engine.sinks.Sink``): where a run's records go besides
+        its metrics table; a spec picks them in ``tracking.sinks``."""
+
+    @hookspec
+    def after_sweep(self, results: list, directory: Any) -> list | None:
+        """Called once when the runs of a spec are over (finished, failed or stopped) with their
+        :class:`~specreach.engine.runs.RunResult`\\ s and the spec's output folder; returns files (e.g.
+        figures) to attach to the spec's parent run. The built-in one draws the training-dynamics figures."""
+
 
 HOOK_NAMES = tuple(name for name in vars(Hooks) if name.startswith("register_"))
+ALL_HOOKS = (*HOOK_NAMES, "after_sweep")
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("executor", "register_executors", "executor", "executor", "executors",
          "specreach.engine.executors:Executor"),
     Kind("layer_rules", "register_layer_rules", "layer rules", "layer-rules component", "layer rules", None),
+    Kind("sink", "register_sinks", "sink", "sink", "sinks", "specreach.engine.sinks:Sink"),
 )}
 _KIND_OF_HOOK = {kind.hook: kind for kind in KINDS.values()}
 
@@ -224,6 +237,11 @@ class Registered:
         return self.component.Params
 
     @property
+    def summary_known(self) -> bool:
+        """Whether :attr:`summary` is available without importing the component."""
+        return self._summary is not None or self.loaded
+
+    @property
     def summary(self) -> str:
         """One line on what it is: the declared summary, else the first line of the class's docstring
         (which imports the component)."""
@@ -292,16 +310,16 @@ class PluginManager:
             self._pm.unregister(name=source)
             hints = []
             for name in unknown:
-                close = closest(name, HOOK_NAMES)
+                close = closest(name, ALL_HOOKS)
                 hints.append(f"'{name}'" + (f" (did you mean '{close}'?)" if close else ""))
             self.failed[source] = (f"unknown hook {', '.join(hints)}; specreach's hooks are "
-                                   f"{', '.join(HOOK_NAMES)}")
+                                   f"{', '.join(ALL_HOOKS)}")
             self._problem(f"skipping plugin {source}: {self.failed[source]}")
             return False
         if not self._pm.get_hookcallers(plugin):
-            unmarked = [name for name in HOOK_NAMES if callable(getattr(plugin, name, None))]
+            unmarked = [name for name in ALL_HOOKS if callable(getattr(plugin, name, None))]
             why = (f"its {', '.join(unmarked)} lack the @hookimpl marker (from specreach.plugins import hookimpl)"
-                   if unmarked else f"it implements none of specreach's hooks ({', '.join(HOOK_NAMES)})")
+                   if unmarked else f"it implements none of specreach's hooks ({', '.join(ALL_HOOKS)})")
             warnings.warn(f"specreach: plugin {source} registers nothing: {why}", stacklevel=3)
         return True
 
@@ -400,7 +418,8 @@ class PluginManager:
         """Plugins that are loaded and registered nothing through any hook."""
         for hook in HOOK_NAMES:
             self.components(hook)
-        active = set().union(*self._contributors.values())
+        active = set().union(*self._contributors.values(),
+                             (impl.plugin_name for impl in self._pm.hook.after_sweep.get_hookimpls()))
         return [name for name, _ in self._pm.list_name_plugin() if name not in active and name not in self.failed]
 
     def lookup(self, kind: str, name: str) -> Registered:
@@ -452,6 +471,22 @@ class PluginManager:
 
     def layer_rules(self) -> dict[str, Registered]:
         return self.registry("layer_rules")
+
+    def sinks(self) -> dict[str, Registered]:
+        return self.registry("sink")
+
+    def after_sweep(self, results: list, directory: Any) -> list:
+        """Every plugin's ``after_sweep`` hook; the files they made. A hook that fails warns and is
+        skipped: what runs recorded is never lost to it."""
+        files: list[Any] = []
+        for impl in reversed(self._pm.hook.after_sweep.get_hookimpls()):  # registration order
+            try:
+                made: Any = impl.function(results=results, directory=directory)
+                files.extend(made or [])
+            except Exception as error:
+                warnings.warn(f"specreach: {impl.plugin_name}'s after_sweep hook failed ({type(error).__name__}: "
+                              f"{error}); the runs' records are intact", stacklevel=2)
+        return files
 
 
 def _duplicate_message(kind: Kind | None, hook: str, name: str, sources: list[str]) -> str:

@@ -3,7 +3,7 @@
 Pydantic's schema of :class:`~specreach.spec.Spec` knows ``data.params`` only as "a mapping". Here
 each section that names a component gets, for every registered component, an ``if kind is X
 then params follow X's parameter model`` clause, so an editor (or ``jsonschema``) checks and
-completes ``data.params``, ``model.params``, ``measure.options`` and ``execution.params`` as
+completes ``data.params``, ``model.params``, ``measure.options``, ``execution.params`` and each of ``tracking.sinks`` as
 strictly as ``specreach validate`` does, descriptions included.
 """
 
@@ -28,6 +28,7 @@ SECTIONS = (
     ComponentSection("dataset", "DataSection", "kind", "params"),
     ComponentSection("estimator", "MeasureSection", "estimator", "options"),
     ComponentSection("executor", "ExecutionSection", "kind", "params"),
+    ComponentSection("sink", "SinkChoice", "kind", "params"),
 )
 
 
@@ -63,9 +64,16 @@ def spec_schema(manager: PluginManager | None = None) -> dict[str, Any]:
         clauses = []
         for name, registered in manager.registry(place.kind).items():
             key = f"{place.kind}.{name}"
-            params = _move_definitions(registered.params.model_json_schema(), f"{key}.", definitions)
+            if registered.params_known:
+                params = _move_definitions(registered.params.model_json_schema(), f"{key}.", definitions)
+                params["description"] = f"Parameters of the {place.kind} '{name}' ({registered.source})" + (
+                    f": {registered.summary}" if registered.summary_known and registered.summary else "")
+            else:  # reading them would import the component (torch and all): the spec's validation checks them
+                params = {"type": "object", "description": (
+                    f"Parameters of the {place.kind} '{name}' ({registered.source}), checked when a spec is validated: "
+                    f"`specreach plugins {name}` lists them. (Registered without params=, so they are not read here; "
+                    "see docs/plugins.md.)")}
             params["title"] = f"{name} parameters"
-            params["description"] = f"Parameters of the {place.kind} '{name}' ({registered.source}): {registered.summary}"
             if place.kind == "model":
                 # model.params and each of model.sizes hold part of the parameters: none is required alone.
                 params.pop("required", None)
@@ -81,4 +89,7 @@ def spec_schema(manager: PluginManager | None = None) -> dict[str, Any]:
         names = ", ".join(manager.registry(place.kind))
         field = section["properties"][place.name_key]
         field["description"] = f"{field.get('description', '')} Installed: {names}.".strip()
+    # A sink is named by a plain name too (the spec reads `[mlflow, tensorboard]` as `[{kind: mlflow}, ...]`).
+    sinks = definitions["TrackingSection"]["properties"]["sinks"]
+    sinks["items"] = {"anyOf": [{"type": "string"}, sinks["items"]]}
     return schema

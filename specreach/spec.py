@@ -325,13 +325,54 @@ class ProbeSection(Strict):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Probe training steps (default: as the main training).")
 
 
+class SinkChoice(Strict):
+    """A sink with options: ``{kind: tensorboard, params: {folder: tb}}`` (a plain name takes the defaults)."""
+
+    kind: str = Field(description="A registered sink (see `specreach plugins`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The sink's own parameters.")
+
+    @model_validator(mode="after")
+    def _known(self):
+        validate_component_params("sink", self.kind, self.params)
+        return self
+
+
 class TrackingSection(Strict):
     experiment: str | None = Field(None, min_length=1, max_length=250, pattern=r"^[^\x00-\x1f]*$",
                                    description="MLflow experiment (default: the spec's name).")
     uri: str | None = Field(None, description="Tracking URI (default: a SQLite store in the output directory).")
     run_name: str | None = Field(None, min_length=1, max_length=250, pattern=r"^[^\x00-\x1f]*$",
                                  description="Name of the parent run (default: the spec's name).")
-    enabled: bool = Field(True, description="Log to MLflow at all (the metrics table is always written).")
+    enabled: bool = Field(True, description=(
+        "Record to the sinks at all (the metrics table and status.json are always written)."))
+    sinks: list[SinkChoice] = Field(default_factory=lambda: [SinkChoice(kind="mlflow")], description=(
+        "Where runs record besides their metrics table: mlflow, tensorboard, or a plugin's sinks, by name "
+        "or as {kind, params}."))
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _names_are_choices(cls, value):
+        """``[mlflow, tensorboard]`` is short for ``[{kind: mlflow}, {kind: tensorboard}]``."""
+        if isinstance(value, list):
+            return [{"kind": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("sinks")
+    @classmethod
+    def _each_once(cls, value: list[SinkChoice]):
+        kinds = [choice.kind for choice in value]
+        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if repeated:
+            raise ValueError(f"sink '{repeated[0]}' is named more than once")
+        return value
+
+    @property
+    def uses_mlflow(self) -> bool:
+        return self.enabled and any(choice.kind == "mlflow" for choice in self.sinks)
+
+    def plugin_sinks(self) -> tuple[SinkChoice, ...]:
+        """The sinks a run opens through the registry (all but MLflow, which the run session opens itself)."""
+        return tuple(choice for choice in self.sinks if choice.kind != "mlflow") if self.enabled else ()
 
 
 class ExecutionSection(Strict):

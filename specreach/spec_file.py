@@ -128,8 +128,9 @@ def compose(text: str, source: str) -> yaml.Node | None:
         raise SpecError([_yaml_problem(source, error)]) from None
 
 
-def line_map(root: yaml.Node | None, source: str) -> dict[KeyPath, int]:
-    """1-based line of every key path (list items by index); duplicate or non-scalar keys are refused."""
+def line_map(root: yaml.Node | None, source: str) -> tuple[dict[KeyPath, int], list[Problem]]:
+    """1-based line of every key path (list items by index), and the duplicate or non-scalar keys
+    (problems reported with everything else wrong with the spec, not first and alone)."""
     lines: dict[KeyPath, int] = {}
     problems: list[Problem] = []
 
@@ -145,12 +146,14 @@ def line_map(root: yaml.Node | None, source: str) -> dict[KeyPath, int]:
                 if key.value == "<<":  # a merge key: its mapping's keys join this one
                     walk(value, path)
                     continue
+                child = (*path, key.value)
                 if key.value in seen:
-                    problems.append(Problem(source, line, ".".join(map(str, (*path, key.value))),
+                    problems.append(Problem(source, line, ".".join(map(str, child)),
                                             f"duplicate key (also on line {seen[key.value]}); YAML would keep only "
                                             "the last silently: keep one"))
+                    for kept in [p for p in lines if p[:len(child)] == child]:  # the data holds the last one
+                        del lines[kept]
                 seen[key.value] = line
-                child = (*path, key.value)
                 lines.setdefault(child, line)
                 walk(value, child)
         elif isinstance(node, yaml.SequenceNode):
@@ -160,9 +163,7 @@ def line_map(root: yaml.Node | None, source: str) -> dict[KeyPath, int]:
 
     if root is not None:
         walk(root, ())
-    if problems:
-        raise SpecError(problems)
-    return lines
+    return lines, problems
 
 
 def line_for(lines: dict[KeyPath, int], path: KeyPath) -> int:
@@ -176,16 +177,17 @@ def line_for(lines: dict[KeyPath, int], path: KeyPath) -> int:
     return 1
 
 
-def load(path: Path) -> tuple[Any, dict[KeyPath, int], str]:
-    """The file's YAML data, the line of every key, and the source name for messages."""
+def load(path: Path) -> tuple[Any, dict[KeyPath, int], str, list[Problem]]:
+    """The file's YAML data, the line of every key, the source name for messages, and the problems of
+    its keys (duplicates: the data keeps the last)."""
     source = str(path)
     text = read_text(path)
     root = compose(text, source)
-    lines = line_map(root, source)
+    lines, problems = line_map(root, source)
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError([_yaml_problem(source, error)]) from None
+    except yaml.YAMLError as error:  # a list or mapping as a key: the problems found say where
+        raise SpecError(problems or [_yaml_problem(source, error)]) from None
     except RecursionError:  # guarded by check_shape; kept so that no input can raise it raw
         raise SpecError([Problem(source, 1, "", "nested too deeply; a spec needs a handful of levels")]) from None
-    return data, lines, source
+    return data, lines, source, problems

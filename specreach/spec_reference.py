@@ -165,6 +165,7 @@ COMPONENT_KINDS = (
     ("Data sources", "datasets", "`data.kind`; parameters under `data.params`"),
     ("Models", "models", "`model.kind`; parameters under `model.params` and `model.sizes`"),
     ("Executors", "executors", "`execution.kind`; parameters under `execution.params`"),
+    ("Sinks", "sinks", "`tracking.sinks: [NAME, …]`; parameters as `{kind: NAME, params: {…}}`"),
 )
 
 

@@ -124,3 +124,16 @@ def stop_process_group(process, sig=None) -> None:
     except ProcessLookupError:
         pass
     process.wait(timeout=60)
+
+
+def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event in a folder's event files, as written (no deduplication): tag → [(step, value)]."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                number = value.simple_value if value.HasField("simple_value") else float(value.tensor.float_val[0])
+                scalars.setdefault(value.tag, []).append((event.step, number))
+    return scalars

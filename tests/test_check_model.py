@@ -26,11 +26,14 @@ def gap_in_the_fast_path(monkeypatch):
 
 
 def test_check_model_command_passes_on_the_built_in_models(tmp_path):
+    """Two sizes × two learning rates × two seeds are two models: each is checked once."""
     spec = write_spec(tmp_path)
-    completed = subprocess.run([sys.executable, "-m", "specreach.cli", "check-model", str(spec), "--paths"],
+    completed = subprocess.run([sys.executable, "-m", "specreach.cli", "check-model", str(spec), "--paths",
+                                "sweep={train.lr: [0.001, 0.003]}", "train.seeds=[0,1]"],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    assert "s-seed0: ok" in completed.stdout and "m-seed0: ok" in completed.stdout
+    verdicts = [line for line in completed.stdout.splitlines() if line.endswith((": ok", ": MISMATCH"))]
+    assert verdicts == ["lr=0.001-s-seed0: ok", "lr=0.001-m-seed0: ok"], completed.stdout
     assert "embedding.weight: Embedding layer rule of 'embedding'" in completed.stdout
 
 

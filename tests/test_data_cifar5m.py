@@ -39,8 +39,12 @@ def test_next_pixel_tokens_are_rounded_luma_shifted_by_one(parts):
     assert np.abs(gray - rgb @ np.array([0.299, 0.587, 0.114])).max() <= 0.5 + 1e-9
     assert inputs.shape == targets.shape == (6, 1023) and inputs.dtype == torch.int64
     assert np.array_equal(inputs.numpy(), gray[:, :-1]) and np.array_equal(targets.numpy(), gray[:, 1:])
-    info = Cifar5m(directory=directory, task="next-pixel", **SPLIT).info()
+    source = Cifar5m(directory=directory, task="next-pixel", **SPLIT)
+    info = source.info()
     assert (info.task, info.input_shape, info.vocab) == ("next-token", (1023,), 256)
+    assert source.params.task_outputs() == info.task_outputs()  # what validation checks models against
+    classifier = Cifar5m(directory=directory, **SPLIT)
+    assert classifier.params.task_outputs() == classifier.info().task_outputs()
 
 
 def test_split_holds_out_the_validation_parts_tail(parts):

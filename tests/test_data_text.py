@@ -60,6 +60,7 @@ def test_bpe_is_trained_on_the_training_text_only(tmp_path):
     head_tokens = tokenizer.encode(text[:split]).ids
     assert windows_of(source.train_batches(1, data_seed=0)) == windows(head_tokens, CONTEXT)
     assert source.info().vocab == 300 and source.info().train_samples is None
+    assert source.params.task_outputs() == source.info().task_outputs()  # what validation checks models against
 
 
 def test_bpe_needs_utf8_and_byte_tokens_take_anything(tmp_path):

@@ -97,3 +97,49 @@ def test_a_spec_trains_on_the_documented_plugin(registered, tmp_path):
     assert [r.status for r in results] == ["FINISHED"], results[0].message
     table = results[0].metrics
     assert list(table["step"][table["spectral_position"].notna()]) == [0, 3]
+
+
+@pytest.mark.slow  # W&B's service process starts in seconds
+def test_the_documented_wandb_sink_records_each_row_once_offline(registered, tmp_path, monkeypatch):
+    """The W&B example, registered as a plugin's sink and chosen in tracking.sinks, with W&B offline
+    (no network): every row of the metrics table is logged once, at its step, and the run finishes."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sink = example("wandb-sink")
+    plugin = types.ModuleType("docs_wandb_plugin")
+
+    @hookimpl
+    def register_sinks(register):
+        register(sink.WandbSink)
+
+    plugin.register_sinks = register_sinks
+    logged: list[tuple[int, dict]] = []
+    log = wandb.sdk.wandb_run.Run.log
+
+    def recording(self, data, step=None, **kwargs):
+        logged.append((step, dict(data)))
+        return log(self, data, step=step, **kwargs)
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", recording)
+    get_plugin_manager().register(plugin, name="docs_wandb_plugin")
+    try:
+        spec = {
+            "name": "docs-wandb",
+            "model": {"kind": "random-features", "params": {"inputs": 4, "features": 16}},
+            "data": {"kind": "sine-teacher", "params": {"dimensions": 4, "train_size": 64, "validation_size": 16}},
+            "train": {"lr": 1.0e-2, "batch_size": 8, "steps": 6},
+            "measure": {"estimator": "unit-probes", "schedule": [0, 3], "batch_size": 8},
+            "tracking": {"sinks": [{"kind": "wandb", "params": {"project": "docs"}}]}, "output": str(tmp_path / "out"),
+        }
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        (result,) = Engine(load_spec(path)).run()
+    finally:
+        get_plugin_manager().unregister("docs_wandb_plugin")
+    assert result.status == "FINISHED", result.message
+    rows = [row for _, row in result.metrics.iterrows()]
+    assert [step for step, _ in logged] == [int(row["step"]) for row in rows]
+    assert [metrics["loss"] for _, metrics in logged if "loss" in metrics] == pytest.approx(
+        [row["loss"] for row in rows if row["loss"] == row["loss"]])
+    assert list((result.output_dir / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -186,6 +186,19 @@ def test_a_script_without_a_main_guard_gets_told_how_to_fix_it(tmp_path):
     assert "worker processes exit as they start" in done.stderr and 'if __name__ == "__main__":' in done.stderr
 
 
+def assert_one_ordered_view(stderr: str, names: list[str]) -> None:
+    """What a person sees of a sweep run elsewhere: whole lines of the runs, in order, then the sweep's
+    last line; no worker output glued onto another line, no colour codes, no log summaries."""
+    assert "\x1b" not in stderr and "repeated" not in stderr and "pid=" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert all(line.startswith("[") for line in lines), lines
+    assert all(line.count("] step ") + line.count("[sweep]") <= 1 for line in lines), lines
+    assert lines[-1].startswith(f"[sweep] {len(names)}/{len(names)} runs done"), lines[-3:]
+    for name in names:
+        mine = [line for line in lines if line.startswith(f"[{name}] step ")]
+        assert mine[0] == f"[{name}] step 1/12: measuring" and mine[-1].startswith(f"[{name}] step 12/12 loss ")
+
+
 @pytest.mark.slow
 def test_processes_run_a_sweep_with_the_numbers_of_a_local_run(tmp_path, references):
     spec_path = write_spec(tmp_path, {**SWEEP, "name": "12-steps"})
@@ -193,6 +206,7 @@ def test_processes_run_a_sweep_with_the_numbers_of_a_local_run(tmp_path, referen
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "12-steps"
     names = ["s-seed0", "m-seed0", "s-seed1", "m-seed1"]
+    assert_one_ordered_view(done.stderr, names)
     for name in names:
         assert status_of(root / "runs" / name)["status"] == "FINISHED"
         assert_same_tables(root / "runs" / name / "metrics.csv", references["sweep"] / name / "metrics.csv")
@@ -404,6 +418,7 @@ def test_ray_runs_a_sweep_on_a_cluster_with_the_numbers_of_a_local_run(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
     root = tmp_path / "12-steps"
     names = ["s-seed0", "m-seed0", "s-seed1", "m-seed1"]
+    assert_one_ordered_view(done.stderr, names)
     for name in names:
         assert status_of(root / "runs" / name)["status"] == "FINISHED"
         assert_same_tables(root / "runs" / name / "metrics.csv", references["sweep"] / name / "metrics.csv")
@@ -454,14 +469,15 @@ def test_ray_ctrl_c_stops_the_tasks_at_a_step_boundary_and_resume_completes(tmp_
 @pytest.mark.slow
 def test_ray_without_an_address_starts_a_local_instance_for_the_sweep(tmp_path, references):
     pytest.importorskip("ray")
-    spec = {**SWEEP, "name": "12-steps", "train": {**SWEEP["train"], "seeds": [0]},
-            "model": {**SWEEP["model"], "sizes": {"s": SWEEP["model"]["sizes"]["s"]}}}
+    spec = {**SWEEP, "name": "12-steps", "train": {**SWEEP["train"], "seeds": [0]}}
     done = cli("run", write_spec(tmp_path, spec), "execution.kind=ray", "execution.params.local_cpus=1",
                "--output", tmp_path, timeout=900, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert done.returncode == 0, done.stderr[-3000:]
-    folder = tmp_path / "12-steps" / "runs" / "s-seed0"
-    assert status_of(folder)["status"] == "FINISHED"
-    assert_same_tables(folder / "metrics.csv", references["sweep"] / "s-seed0" / "metrics.csv")
+    assert_one_ordered_view(done.stderr, ["s-seed0", "m-seed0"])
+    for name in ("s-seed0", "m-seed0"):
+        folder = tmp_path / "12-steps" / "runs" / name
+        assert status_of(folder)["status"] == "FINISHED"
+        assert_same_tables(folder / "metrics.csv", references["sweep"] / name / "metrics.csv")
 
 
 def test_ray_missing_is_a_clear_error(monkeypatch):
@@ -470,3 +486,21 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ValueError, match=r"needs Ray: pip install 'specreach\[ray\]'"):
         ray_executor.RayExecutor().run([], threading.Event())
+
+
+def test_resuming_with_another_executor_leaves_the_old_ones_parameters_behind(tmp_path):
+    """A sweep started with `--executor processes --workers 2` resumes on Ray (scaling.md's example)."""
+    import yaml
+
+    from specreach.config import load_spec
+
+    spec = load_spec(write_spec(tmp_path, SWEEP), ["execution.kind=processes", "execution.params.workers=2"])
+    folder = tmp_path / "out" / spec.name
+    folder.mkdir(parents=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    done = cli("run", "--resume", folder, "--executor", "ray", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "executor ray" in done.stdout and "workers" not in done.stdout.split("runs: executor")[0].split(
+        "execution:")[1].split("output:")[0]
+    kept = cli("run", "--resume", folder, "--workers", "3", "--dry-run")
+    assert kept.returncode == 0 and "workers: 3" in kept.stdout

@@ -18,7 +18,7 @@ import pytest
 
 from engine_helpers import (
     TINY_SPEC, assert_same_tables, cli, free_port, start_cli, start_mlflow_server, stop_process_group, table_rows,
-    wait_until, write_spec,
+    tensorboard_scalars, wait_until, write_spec,
 )
 from specreach.engine.metrics_table import read_table
 from specreach.tracking import metric_history, read_runs
@@ -235,7 +235,8 @@ def test_a_sweep_member_failing_at_run_time_fails_only_itself(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, long_reference):
-    spec_path = write_spec(tmp_path, LONG)
+    """In every sink: the table, MLflow and TensorBoard's event files hold each step once."""
+    spec_path = write_spec(tmp_path, {**LONG, "tracking": {"sinks": ["mlflow", "tensorboard"]}})
     out = tmp_path / "out"
     folder = out / "tiny" / "runs" / "s-seed0"
     process = start_cli("run", spec_path, "--output", out)
@@ -252,6 +253,13 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, long_
     (run,) = [r for r in read_runs(uri, "tiny") if r["name"] == "s-seed0"]
     assert run["status"] == "FINISHED"
     each_step_once(uri, run["run_id"], "loss", 200)
+    events = tensorboard_scalars(folder / "tensorboard")
+    reference = read_table(long_reference)
+    assert events["loss"] == [(row["step"], pytest.approx(row["loss"], rel=1e-6)) for row in reference
+                              if row.get("loss") == row.get("loss")]  # each step once, in order
+    assert [step for step, _ in events["spectral_position"]] == [row["step"] for row in reference
+                                                                 if row.get("spectral_position") == row.get(
+                                                                     "spectral_position")]
     assert not (folder / "checkpoint.pt").exists()  # keep_checkpoints: final
     assert (folder / "final.pt").exists()
 

@@ -115,7 +115,8 @@ def test_transformers_callback_measures_what_measure_lnp_measures(tmp_path):
     pool_labels[:, -2:] = -100  # padding in the pool: those positions are not samples
     pool = {"input_ids": pool_ids, "attention_mask": torch.ones_like(pool_ids), "labels": pool_labels}
     rows = Rows()
-    callback = SnapshotTrainer(pool, sinks=[rows], estimator="hutchinson", probes=4, schedule=[0, 3], batch_size=4)
+    # No batch_size: B takes the size of batch A, a mapping of tensors (as documented, in docs/training-loop.md).
+    callback = SnapshotTrainer(pool, sinks=[rows], estimator="hutchinson", probes=4, schedule=[0, 3])
     callback.snapshots = []
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
                                           learning_rate=1e-2, report_to=[], save_strategy="no", logging_steps=100,
@@ -132,6 +133,7 @@ def test_transformers_callback_measures_what_measure_lnp_measures(tmp_path):
         again = measure_lnp(CausalLMLogits(fresh), next_token_loss, batch_a, batch_b, estimator="exact")
         assert result.grad_dot == pytest.approx(again.grad_dot, rel=1e-5)
         assert result.units_b == int((batch_b[1] != -100).sum())  # padding labels are not samples
+        assert batch_b[1].shape[0] == batch_a[1].shape[0] == 4  # B as large as A
         # Hutchinson with 4 probes: within its reported error of the exact N.
         assert abs(result.network_magnitude - again.network_magnitude) < 4 * result.network_magnitude_stderr
 

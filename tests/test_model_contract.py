@@ -87,3 +87,18 @@ def test_a_spec_without_vocab_trains_with_the_data_sources(tmp_path):
     assert [r.status for r in results] == ["FINISHED", "FINISHED"], [r.message for r in results]
     model, checkpoint = load_model(results[0].output_dir / "final.pt")
     assert checkpoint["recipe"]["params"]["vocab"] == 256 and model.embedding.num_embeddings == 256
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_the_outputs_a_model_declares_without_torch_are_its_builders(kind):
+    builder = create("model", kind)
+    params = builder.Params(**TINY[kind])
+    assert params.declared_outputs() == builder.output_size(params)
+
+
+@pytest.mark.parametrize("kind, params", [("pydoc-text", {}), ("digits", {}), ("digits", {"task": "next-pixel"}),
+                                          ("powerlaw-teacher", {"train_size": 8, "validation_size": 4})])
+def test_the_task_a_data_source_declares_without_torch_is_its_infos(kind, params):
+    """Validation checks outputs against these declarations; they must say what info() says."""
+    source = create("dataset", kind, **params)
+    assert source.params.task_outputs() == source.info().task_outputs()

@@ -162,3 +162,27 @@ def test_the_measurement_core_imports_no_model_packages():
 
     code = "import sys, specreach.lnp; print(sorted({'mup', 'timm'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_the_schema_imports_no_component_registered_without_params():
+    """Reading such a component's parameters means importing it (torch and all: seconds); the schema
+    leaves them open and says where they are checked, the rest of it as strict as ever."""
+    import types
+
+    from specreach.plugins import PluginManager, hookimpl
+    from specreach.schema import spec_schema
+
+    plugin = types.ModuleType("unimported_plugin")
+
+    @hookimpl
+    def register_datasets(register):
+        register("unimported_plugin_module.heavy:HeavySource", name="heavy-source")  # no such module
+
+    plugin.register_datasets = register_datasets
+    manager = PluginManager(load_entry_points=False)
+    manager.register(plugin, name="unimported_plugin")
+    schema = spec_schema(manager)  # importing the target would raise PluginLoadError
+    heavy = schema["$defs"]["dataset.heavy-source"]
+    assert heavy["type"] == "object" and "properties" not in heavy
+    assert "`specreach plugins heavy-source` lists them" in heavy["description"]
+    assert "properties" in schema["$defs"]["dataset.digits"]  # declared ones keep their parameters

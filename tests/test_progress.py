@@ -119,3 +119,21 @@ def test_a_sweep_run_off_a_terminal_prints_both(tmp_path):
     sweep = [line for line in lines if line.startswith("[sweep]")]
     assert [line.split(" elapsed")[0] for line in sweep] == ["[sweep] 1/2 runs done (s-seed0: FINISHED)",
                                                              "[sweep] 2/2 runs done (m-seed0: FINISHED)"]
+
+
+def test_runs_elsewhere_print_above_the_sweep_with_an_eta_from_their_step_times(clock):
+    """Two workers, four runs: the ETA is the runs' own time left, not the time since the start."""
+    stream = io.StringIO()
+    sweep = SweepProgress(total=4, stream=stream)
+    clock.now += 600  # a slow start (imports, a busy machine) does not count as run time
+    sweep.report({"run": "a", "line": "[a] step 1/10: measuring", "eta": None, "elapsed": 1.0})
+    sweep.report({"run": "b", "line": None, "eta": 50.0, "elapsed": 10.0})
+    sweep.report({"run": "a", "line": "[a] step 2/10 loss 1 P - elapsed 0:20 ETA 0:40", "eta": 40.0, "elapsed": 20.0})
+    # time left: a 40 s, b 50 s, and two runs not started of the mean 60 s each, two at a time
+    assert sweep.eta() == pytest.approx((40 + 50 + 2 * 60) / 2)
+    sweep.report({"run": "a", "line": "[a] warning: something"})  # a warning keeps a's times
+    sweep.run_done("a", "FINISHED")
+    assert stream.getvalue().splitlines() == ["[a] step 1/10: measuring", "[a] step 2/10 loss 1 P - elapsed 0:20 ETA 0:40",
+                                              "[a] warning: something",
+                                              "[sweep] 1/4 runs done (a: FINISHED) elapsed 10:00 ETA 1:05"]
+    # b has 50 s left; the two runs not started take the mean 40 s of a (20 s) and b (60 s): on two workers

@@ -72,12 +72,13 @@ def test_power_laws_are_fitted_per_parameterization_and_never_through_two_points
     root = tmp_path / "spec"
     standard = {1000: 3.0, 4000: 2.4, 16000: 2.0}
     mup = {1000: 2.5, 4000: 1.5}  # two sizes: no power law
-    for size_index, (parameters, final) in enumerate(standard.items()):
-        fake_run(root, f"s{size_index}", measured_rows([0.1, 0.01], final), size=f"s{size_index}",
-                 parameters=parameters)
-    for size_index, (parameters, final) in enumerate(mup.items()):
-        fake_run(root, f"m{size_index}", measured_rows([0.1, 0.01], final), size=f"s{size_index}",
-                 parameters=parameters, parameterization="mup")
+    for seed, offset in enumerate((-0.1, 0.1)):  # two seeds per size: the fit goes through their means
+        for size_index, (parameters, final) in enumerate(standard.items()):
+            fake_run(root, f"s{size_index}-seed{seed}", measured_rows([0.1, 0.01], final + offset),
+                     size=f"s{size_index}", parameters=parameters, seed=seed)
+        for size_index, (parameters, final) in enumerate(mup.items()):
+            fake_run(root, f"m{size_index}-seed{seed}", measured_rows([0.1, 0.01], final + offset),
+                     size=f"s{size_index}", parameters=parameters, parameterization="mup", seed=seed)
     summary = summary_of(tmp_path, root)
     assert list(summary["final_loss_power_law"]) == ["exp | standard"]
     slope, intercept = np.polyfit(np.log(list(standard)), np.log(list(standard.values())), 1)
@@ -296,3 +297,33 @@ def test_short_log_axes_get_enough_labels(tmp_path):
     labels = [t.get_text() for t in ax.yaxis.get_ticklabels() if t.get_text() and
               ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
     assert len(labels) >= 3, labels
+
+
+def test_no_power_law_through_single_seeds_and_the_figure_says_why(tmp_path):
+    from specreach.paper.plots import MIN_FIT_SEEDS, final_loss_note, final_loss_series, fit_series
+    from specreach.paper.runs import load_run
+
+    root = tmp_path / "spec"
+    for size_index, (parameters, final) in enumerate({1000: 3.0, 4000: 3.2, 16000: 2.0}.items()):
+        fake_run(root, f"s{size_index}", measured_rows([0.1, 0.01], final), size=f"s{size_index}",
+                 parameters=parameters, spec="quick")
+    series = final_loss_series([load_run(path) for path in sorted((root / "runs").iterdir())])
+    assert fit_series(series) == {} and MIN_FIT_SEEDS == 2
+    assert final_loss_note(series, {}) == ("mean over 1 seed. No power law fitted (3 sizes with 1 seed): a fit needs "
+                                           "≥ 3 sizes with ≥ 2 seeds each")
+    assert "final_loss_power_law" not in summary_of(tmp_path, root)
+
+
+def test_tick_labels_of_a_narrow_log_axis_are_distinct():
+    import matplotlib.pyplot as plt
+
+    from specreach.paper.plots import tidy
+
+    fig, ax = plt.subplots()
+    ax.plot([1000, 4000, 16000], [5.531, 5.534, 5.537])
+    ax.set(xscale="log", yscale="log")
+    tidy(ax)
+    fig.canvas.draw()
+    labels = [label.get_text() for label in ax.get_yticklabels() if label.get_text()]
+    plt.close(fig)
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels

@@ -176,3 +176,45 @@ def test_runs_needs_a_folder_with_runs(tmp_path):
     assert done.returncode == 2 and f"no runs under {tmp_path}" in done.stderr
     with pytest.raises(FileNotFoundError, match="no such folder"):
         read_runs([tmp_path / "missing"])
+
+
+def test_rerunning_a_finished_spec_says_so_and_points_at_the_store_used(workspace):
+    """The workspace store in SPECREACH_TRACKING_URI: the closing hint opens that store, not the output folder."""
+    root, store, results = workspace
+    done = subprocess.run([sys.executable, "-m", "specreach.cli", "run", str(root / "first.yaml")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SPECREACH_TRACKING_URI": store})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "nothing to run: all 2 runs had finished before; rerun with --overwrite to run them again"
+    for result in results["first"]:
+        assert any(line.split()[:2] == [result.name, "FINISHED"] and line.endswith("skipped (already finished)")
+                   for line in lines), done.stdout
+    assert f"tracking: {store}  (view with: specreach ui {store})" in lines
+    from specreach.cli import build_parser
+
+    args = build_parser().parse_args(["ui", store])
+    assert args.store == store
+
+
+def test_ui_names_what_it_cannot_open(tmp_path):
+    done = cli("ui", f"sqlite:///{tmp_path / 'none.db'}")
+    assert done.returncode == 2 and f"no MLflow store at {tmp_path / 'none.db'}" in done.stderr
+    done = cli("ui", "http://127.0.0.1:5000")
+    assert done.returncode == 2 and "a tracking server serves its own UI" in done.stderr
+
+
+def test_a_large_sweep_ends_with_a_table_not_a_line_per_run(tmp_path):
+    from specreach.engine.outcomes import outcome_lines
+    from specreach.engine.runs import RunResult
+
+    results = [RunResult(f"lr={lr}-{size}-seed{seed}", "FAILED" if (lr, size, seed) == (3, "large", 4) else
+                         "FINISHED", None, tmp_path, "boom" if size == "large" and seed == 4 and lr == 3 else "",
+                         skipped=lr == 1)
+               for lr in (1, 2, 3) for size in ("small", "large") for seed in range(30)]
+    sizes = {result.name: result.name.split("-")[1] for result in results}
+    lines = outcome_lines(results, sizes, tmp_path)
+    assert lines[0] == "180 runs: 119 finished, 60 skipped (already finished), 1 failed"
+    assert lines[1].split() == ["size", "finished", "skipped", "failed"]
+    assert lines[2].split() == ["small", "60", "30", "0"] and lines[3].split() == ["large", "59", "30", "1"]
+    assert lines[4:] == ["not finished:", "  lr=3-large-seed4  FAILED  boom"]

@@ -344,3 +344,57 @@ def test_deep_brackets_a_folder_for_a_spec_and_zero_workers_are_told_what_to_do(
                                     f"(e.g. {tmp_path / 'spec.yaml'})" in done.stderr
     done = cli("run", path, "--executor", "processes", "--workers", "0", "--dry-run")
     assert done.returncode == 2 and "argument --workers: 0: give at least 1 worker process" in done.stderr
+
+
+BROKEN = """\
+name: broken
+model:
+  kind: llama
+  params: {vocab: 256, layers: 2, heads: 2, context: 64, hiddn: 3}
+  sizes: {small: {hidden: 32, ff: 86}}
+data: {kind: pydoc-txt, params: {context: 64}}
+train: {lr: 1, warmup_steps: 20, batch_size: 16, steps: 400, seeds: [0]}
+train: {lr: -1}
+measure: {estimator: hutchinson, probes: 8, schedule: {windows: 8, steps_per_window: 3}, foo: 1}
+sweep: {train.lrr: [1, 2]}
+"""
+
+
+def test_a_broken_spec_gets_every_problem_in_one_pass_each_once(tmp_path):
+    """Duplicate keys, kinds and parameters, values and a misspelt swept key: one run of validate says all."""
+    from engine_helpers import cli
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    done = cli("validate", path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"{path}:8: train: duplicate key (also on line 7); YAML would keep only the last silently: keep one",
+        f"{path}:4: model.params.hiddn: unknown parameter (did you mean 'hidden'?)",
+        f"{path}:6: data.kind: unknown data kind 'pydoc-txt' (did you mean 'pydoc-text'?)",
+        f"{path}:10: sweep.train.lrr: no key 'lrr' in train (did you mean 'train.lr'?)",
+        f"{path}:8: train.lr: Input should be greater than 0",
+        f"{path}:9: measure.foo: unknown key (valid: enabled, estimator, options, probes, schedule, validation_size, "
+        "batch_size, cross_batch, fixed_batch, verify)",
+    ]
+
+
+def test_a_misspelt_swept_key_of_a_valid_spec_gets_a_suggestion(validate, tmp_path):
+    path = write_spec(tmp_path)
+    message = refused(validate, path, "sweep={train.lrr: [0.001, 0.003], data.params.contxt: [8]}")
+    assert "sweep.train.lrr: no key 'lrr' in train (did you mean 'train.lr'?)" in message
+    assert "sweep.data.params.contxt: no key 'contxt' in data.params (did you mean 'data.params.context'?)" in message
+    assert "Extra inputs" not in message
+
+
+def test_a_model_whose_outputs_miss_the_task_fails_at_validate_and_dry_run(tmp_path):
+    """A language model's 256 outputs on 10 digit classes: found from the spec, before any model is built."""
+    from engine_helpers import cli
+
+    path = write_spec(tmp_path, {**TINY_SPEC, "data": {"kind": "digits"}})
+    expected = "model.presets.0: model 'llama-cifar5m-102.6k' has 256 outputs but task 'classification' of data " \
+               "'digits' needs 10 (its 10 classes)"
+    done = cli("validate", path, "model={presets: [llama-cifar5m-102.6k]}")
+    assert done.returncode == 1 and expected in done.stderr, done.stderr
+    done = cli("run", path, "--dry-run", "model={presets: [llama-cifar5m-102.6k]}")
+    assert done.returncode == 2 and expected in done.stderr and not done.stdout

@@ -15,25 +15,16 @@ fixed, as in the paper), and the validation pool never overlaps the training str
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Iterator, Literal
+from typing import ClassVar, Iterator
 
 from pydantic import BaseModel
 from torch import Tensor
 
-Task = Literal["next-token", "classification", "regression"]
+from specreach.datainfo import DataInfo, Task
+
+__all__ = ["Batch", "DataInfo", "DataSource", "Task"]
+
 Batch = tuple[Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model needs to know about the data to fit it."""
-
-    task: Task
-    input_shape: tuple[int, ...]  # one sample's input: (T,) tokens, (C, H, W) image, (D,) vector
-    vocab: int | None = None  # next-token: number of distinct tokens
-    classes: int | None = None  # classification: number of classes
-    train_samples: int | None = None  # samples per epoch (None: unbounded, or unknown until the data is read)
 
 
 class DataSource(ABC):

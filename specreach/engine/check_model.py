@@ -1,8 +1,8 @@
 """``specreach check-model``: the measurement's self-check on a spec's models, before any training.
 
-For each distinct model of a spec (every size, parameterization, phase and sweep value; seeds
-are the same model up to initialization, so one seed is checked), build it with its data as a run
-would, and compare the fast per-sample norms with plain autograd on two validation samples
+For each distinct model of a spec (its recipe, data and phase: seeds are the same model up to
+initialization, and a sweep over the learning rate or the schedule leaves the model as it is, so
+each is checked once), build it with its data as a run would, and compare the fast per-sample norms with plain autograd on two validation samples
 (:func:`specreach.lnp.verify.verify_model`). Linear-probe runs on trained backbones are checked on
 a random backbone of the same recipe: the coverage of the measurement depends on the architecture,
 not on the weights.
@@ -10,6 +10,7 @@ not on the weights.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from specreach.engine.runs import RunSpec
@@ -25,12 +26,22 @@ class ModelCheck:
 
 
 def distinct_models(runs: list[RunSpec]) -> list[RunSpec]:
-    """One run per model: the first seed of each size, phase and sweep value."""
-    chosen: dict[tuple, RunSpec] = {}
+    """One run per model: the first run of each recipe (without its seed), data and phase."""
+    chosen: dict[str, RunSpec] = {}
     for run in runs:
-        key = (run.size, run.phase, run.recipe.parameterization.kind, tuple(sorted(map(str, run.sweep.items()))))
-        chosen.setdefault(key, run)
+        what = {"recipe": run.recipe.model_dump(mode="json", exclude={"seed"}), "phase": run.phase,
+                "data": _data_without_seeded_params(run)}
+        chosen.setdefault(json.dumps(what, sort_keys=True), run)
     return list(chosen.values())
+
+
+def _data_without_seeded_params(run: RunSpec) -> dict:
+    """The run's data section, less the parameters that follow the seed (``train.seed_params``)."""
+    data = run.data.model_dump(mode="json")
+    for key in run.train.seed_params:
+        if key.startswith("data.params."):
+            data["params"].pop(key.removeprefix("data.params."), None)
+    return data
 
 
 def check_run(run: RunSpec, samples: int = 2) -> ModelCheck:

@@ -17,7 +17,8 @@ Every run ends FINISHED, FAILED or KILLED with a reason, a run that never starte
 
 Output layout, under ``<output>/<spec name>/``: ``spec.yaml`` (the resolved spec),
 ``engine.json`` (the parent MLflow run), ``mlflow.db`` and ``mlartifacts/`` (the default local
-tracking store), ``runs/<run>/`` (see :mod:`specreach.engine.run_folder`) and ``plots/``.
+tracking store), ``runs/<run>/`` (see :mod:`specreach.engine.run_folder`) and ``plots/`` (drawn
+by the built-in ``after_sweep`` hook when the runs are over: the engine itself knows no figures).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import signal
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -38,7 +39,7 @@ from specreach.engine.executors import Executor, ExecutorFailed
 from specreach.engine.locks import FolderLock
 from specreach.engine.run_folder import RunFolder, read_json, write_atomically
 from specreach.engine.runs import RunResult, RunSpec, TrackingTarget, computed, differences, expand, fingerprint
-from specreach.plugins import create
+from specreach.plugins import create, get_plugin_manager
 from specreach.spec import Spec
 from specreach.tracking import Tracker, check_tracking_uri, default_tracking_uri, flatten, own_store
 
@@ -59,23 +60,10 @@ class Engine:
         self._stop = threading.Event()
 
     @classmethod
-    def resume(cls, directory: str | Path, *, tracking_uri: str | None = None,
-               overrides: Sequence[str] = ()) -> "Engine":
-        """Continue the runs of an interrupted engine from its output directory.
-
-        ``overrides`` may change how the runs execute (``execution.…``), never what they compute.
-        """
-        from specreach.config import load_spec
-
+    def resume(cls, directory: str | Path, spec: Spec, *, tracking_uri: str | None = None) -> "Engine":
+        """Continue the runs of an interrupted engine from its output directory, with its spec as
+        :func:`specreach.config.load_resumed_spec` reads it back, in the tracking store it started in."""
         directory = Path(directory)
-        spec_path = directory / "spec.yaml"
-        if not spec_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a specreach run directory: it has no spec.yaml")
-        changed = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("execution")]
-        if changed:
-            raise ValueError(f"--resume continues the runs as they were; only execution.* may be overridden, "
-                             f"not {', '.join(changed)}")
-        spec = load_spec(spec_path, overrides)
         state = read_json(directory / "engine.json", "delete it to start a new parent run in MLflow")
         recorded_uri = state.get("tracking_uri")
         if tracking_uri is None:
@@ -86,9 +74,10 @@ class Engine:
 
     def runs(self, parent_run_id: str | None = None) -> list[RunSpec]:
         target = TrackingTarget(
-            enabled=self.spec.tracking.enabled, uri=self.tracking_uri,
+            enabled=self.spec.tracking.uses_mlflow, uri=self.tracking_uri,
             experiment=self.spec.tracking.experiment or self.spec.name,
             artifact_root=self.root / "mlartifacts", parent_run_id=parent_run_id,
+            sinks=self.spec.tracking.plugin_sinks(),
         )
         return expand(self.spec, self.root, target)
 
@@ -116,7 +105,8 @@ class Engine:
         write_atomically(resolved, yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False))
         parent = self._parent_tracker()
         runs = self.runs(parent.run_id)
-        done = {run.name: result for run in runs if (result := RunFolder(run.output_dir).result(run.name))}
+        done = {run.name: replace(result, skipped=True) for run in runs
+                if (result := RunFolder(run.output_dir).result(run.name))}
         try:
             with self._signals_stop():
                 ran = {result.name: result for result in
@@ -135,10 +125,10 @@ class Engine:
             if result.name not in done and result.status == "FAILED":
                 warnings.warn(f"run {result.name} failed: {result.message}", stacklevel=2)
         interrupted = stopped or any(r.status == "KILLED" for r in results)
-        plots = self._plots(results)
+        made = get_plugin_manager().after_sweep(results, self.root)  # the figures, and a plugin's summaries
         parent.log_artifact(resolved)
-        for path in plots:
-            parent.log_artifact(path, "plots")
+        for path in made:
+            parent.log_artifact(path, Path(path).parent.name)
         failed = [r.name for r in results if r.status == "FAILED"]
         parent.finish("KILLED" if interrupted else "FAILED" if failed and len(failed) == len(results) else "FINISHED",
                       f"failed runs: {', '.join(failed)}" if failed else None)
@@ -211,7 +201,7 @@ class Engine:
             run_id = folder.read_status().get("run_id")
         except ValueError:
             run_id = None
-        if run_id and self.spec.tracking.enabled:
+        if run_id and self.spec.tracking.uses_mlflow:
             Tracker.existing(self.tracking_uri, run_id).delete()
         folder.clear()
 
@@ -222,10 +212,10 @@ class Engine:
     def _parent_tracker(self) -> Tracker:
         state_path = self.root / "engine.json"
         state = read_json(state_path, "delete it to start a new parent run in MLflow")
-        if self.overwrite and state.get("parent_run_id") and self.spec.tracking.enabled:
+        if self.overwrite and state.get("parent_run_id") and self.spec.tracking.uses_mlflow:
             Tracker.existing(self.tracking_uri, state["parent_run_id"]).delete()
             state = {}
-        if not self.spec.tracking.enabled:
+        if not self.spec.tracking.uses_mlflow:
             return Tracker.disabled()
         # A changed spec gets a parent run of its own: MLflow params cannot change.
         same_spec = state.get("spec_fingerprint") == self._spec_fingerprint()
@@ -240,19 +230,6 @@ class Engine:
         write_atomically(state_path, json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": self.tracking_uri,
                                                  "spec_fingerprint": self._spec_fingerprint()}))
         return tracker
-
-    def _plots(self, results: list[RunResult]) -> list[Path]:
-        from specreach.paper.plots import plot_runs
-
-        finished = [r for r in results if r.metrics_path.exists()]
-        if not finished:
-            return []
-        try:
-            return plot_runs(finished, self.root / "plots")
-        except Exception as error:  # a plot must never lose a run
-            warnings.warn(f"plotting failed ({type(error).__name__}: {error}); the metrics tables are intact",
-                          stacklevel=2)
-            return []
 
     @contextmanager
     def _signals_stop(self):

@@ -110,7 +110,7 @@ class LNPMonitor:
             reuse = config.reuse_step_gradient and outputs is not None and not any(g is None for g in grads)
             if config.fixed_batch:  # the step's gradient and outputs are of another batch
                 batch, reuse = self.fixed_batch(), False
-            self._batch_b = self.draw_batch_b(self.batch_size or batch[0].shape[0]) if config.cross_batch else None
+            self._batch_b = self.draw_batch_b(self.batch_size or _sample_count(batch[0])) if config.cross_batch else None
             result = measure_lnp_at_step(
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
@@ -176,9 +176,14 @@ class LNPMonitor:
 
 
 def _pool_size(pool) -> int:
-    inputs = pool[0]
-    first = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs
-    return first.shape[0]
+    return _sample_count(pool[0])
+
+
+def _sample_count(inputs) -> int:
+    """Samples in a batch's inputs: a tensor, a mapping of tensors (a tokenizer's output) or a tuple."""
+    while isinstance(inputs, (Mapping, tuple, list)):
+        inputs = next(iter(inputs.values())) if isinstance(inputs, Mapping) else inputs[0]
+    return inputs.shape[0]
 
 
 def _take(values, index: Tensor, device):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from specreach.params.models import ModelRecipe, Parameterization
 from specreach.sweep_values import typed_values
 from specreach.spec import (
-    DataSection, MeasureSection, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
+    DataSection, MeasureSection, SinkChoice, Spec, TrainSection, sweep_combinations, sweep_value_label, with_values,
 )
 
 Phase = Literal["train", "probe-trained", "probe-random"]
@@ -32,6 +32,7 @@ class TrackingTarget(BaseModel):
     experiment: str
     artifact_root: Path
     parent_run_id: str | None = None
+    sinks: tuple[SinkChoice, ...] = ()  # the registered sinks the run opens besides MLflow
 
     @classmethod
     def off(cls) -> "TrackingTarget":
@@ -62,7 +63,8 @@ class RunResult:
     """One run's outcome: its status, MLflow run id, output folder and final numbers.
 
     ``crashed`` marks a run whose process died (not the run's own failure): resuming runs it
-    again from its last checkpoint.
+    again from its last checkpoint. ``skipped`` marks a run that had finished before this
+    execution (under the same fingerprint): it was not run again.
     """
 
     name: str
@@ -72,6 +74,7 @@ class RunResult:
     message: str = ""
     final: dict[str, float] = field(default_factory=dict)
     crashed: bool = False
+    skipped: bool = False
 
     @property
     def metrics_path(self) -> Path:

@@ -44,7 +44,7 @@ from specreach.engine.monitor import LNPMonitor, MonitorConfig
 from specreach.engine.progress import Progress
 from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
 from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
-from specreach.engine.sinks import MlflowSink, Sink, Sinks, TableSink
+from specreach.engine.sinks import MlflowSink, RunStart, Sink, Sinks, TableSink
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import batch_problem, check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
@@ -52,6 +52,7 @@ from specreach.engine.training import (
     total_steps, warmup_factor,
 )
 from specreach.models.parameterization import optimizer_for, save_checkpoint
+from specreach.plugins import lookup
 from specreach.state_digest import mismatch, with_digest
 from specreach.tracking import Tracker, flatten
 
@@ -69,18 +70,19 @@ def never() -> bool:
 
 
 def run_session(run: RunSpec, should_stop: Callable[[], bool] = never, *, threads: int | None = None,
-                progress_bar: bool = True) -> RunResult:
+                progress_bar: bool = True, report: Callable[[dict], None] | None = None) -> RunResult:
     """Train (or resume) one run to the end, an interruption, or a failure.
 
     ``threads``: torch CPU threads for this run when the spec leaves ``train.threads`` unset
-    (executors that share the cores pass their share); restored afterwards.
+    (executors that share the cores pass their share); restored afterwards. ``report``: where its
+    progress goes as events instead of the terminal (:mod:`specreach.engine.progress`).
     """
     before = torch.get_num_threads()
     threads = run.train.threads or threads
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return RunSession(run, should_stop, progress_bar=progress_bar).run()
+        return RunSession(run, should_stop, progress_bar=progress_bar, report=report).run()
     finally:
         torch.set_num_threads(before)
 
@@ -111,8 +113,9 @@ def load_checkpoint(path) -> dict[str, Any] | None:
 
 
 class RunSession:
-    def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True):
-        self.spec, self.should_stop, self.progress_bar = run, should_stop, progress_bar
+    def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True,
+                 report: Callable[[dict], None] | None = None):
+        self.spec, self.should_stop, self.progress_bar, self.report = run, should_stop, progress_bar, report
         self.folder = RunFolder(run.output_dir)
         self.fingerprint, self.code = fingerprint(run), code_version()
         self.sink: Sink | None = None
@@ -237,7 +240,7 @@ class RunSession:
                                        "run_spec": run.model_dump(mode="json")})
         self.sink.status("RUNNING", step=self.step)
         self.progress = Progress(run.name, self.steps, self.step, bar=self.progress_bar,
-                                 measured=self.monitor.schedule)
+                                 measured=self.monitor.schedule, report=self.report)
 
     def _check_validation_pool(self, pool, info) -> None:
         """The pool is where measurement batches B come from and what evaluation averages over."""
@@ -255,19 +258,21 @@ class RunSession:
     def _open_sinks(self, tags: dict[str, Any], previous_run_id: str | None) -> Sink:
         run = self.spec
         tracker = Tracker.disabled()
+        start = RunStart(run.name, run.spec_name, self.folder.path, {k: str(v) for k, v in tags.items()},
+                         flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})))
         if run.tracking.enabled:
             tracker = Tracker.start(
                 run.tracking.uri, run.tracking.experiment, run.name, artifact_root=run.tracking.artifact_root,
-                parent_run_id=run.tracking.parent_run_id, tags={k: str(v) for k, v in tags.items()},
-                params=flatten(run.model_dump(mode="json", exclude={"tracking", "output_dir"})),
+                parent_run_id=run.tracking.parent_run_id, tags=start.tags, params=start.config,
                 resume_run_id=previous_run_id,
             )
         self.run_id = tracker.run_id
         self.table, self.mlflow = TableSink(self.folder.metrics), MlflowSink(tracker)
+        chosen = [lookup("sink", choice.kind).component(start, **choice.params) for choice in run.tracking.sinks]
         # status.json last: it is what says the run is done.
         self.status_sink = StatusSink(self.folder, tracker.run_id, fingerprint=self.fingerprint, code=self.code)
         self.status_sink.tracking_state = self.mlflow.record
-        return Sinks([self.table, self.mlflow, self.status_sink])
+        return Sinks([self.table, self.mlflow, *chosen, self.status_sink])
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         state = load_checkpoint(self.folder.checkpoint)

@@ -13,21 +13,57 @@ through the checkpoint.
 
 Sinks here: :class:`TableSink` (the CSV metrics table), :class:`MlflowSink` (one MLflow run),
 :class:`Sinks` (several at once); ``specreach.engine.run_folder.StatusSink`` writes status.json.
+
+Sinks are a plugin kind (``register_sinks``): a spec names the ones its runs record to in
+``tracking.sinks`` (default ``[mlflow]``; ``tensorboard`` ships too,
+:mod:`specreach.engine.tensorboard_sink`). A registered sink is constructed per run as
+``Sink(run: RunStart, **params)``, its ``params`` validated by its ``Params``. The metrics table
+and status.json are always written; MLflow is opened by the run session itself, which continues
+the MLflow run of a resumed run.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict
 
 from specreach.engine.metrics_table import MetricsTable
 
 
-class Sink:
-    """Receives what one run records. Every method does nothing unless a sink keeps that kind."""
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a registered sink is told about the run it records."""
+
+    name: str  # the run's name, unique within its spec ("small-seed0")
+    spec_name: str
+    folder: Path  # the run folder: a sink may keep its files under it
+    tags: Mapping[str, str]  # architecture, size, seed, parameterization, sweep values, ...
+    config: Mapping[str, str]  # the run spec, flattened: {"train.lr": "0.001", ...}
+
+
+def finite_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    """The row's finite numbers but its step: what a metrics store takes."""
+    return {key: float(value) for key, value in row.items()
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)}
+
+
+class Sink:
+    """Receives what one run records. Every method does nothing unless a sink keeps that kind.
+
+    A registered sink sets ``name`` (what ``tracking.sinks`` calls it) and ``Params`` (its options),
+    and takes ``(run: RunStart, **params)``; its ``key`` names its part of a checkpoint (its name)."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
     key = "sink"  # names the sink's part of a checkpoint
 
     def write(self, row: Mapping[str, Any]) -> None:
@@ -115,6 +151,7 @@ class MlflowSink(Sink):
     middle of a flush, and a resumed run (:meth:`catch_up`) sends each row exactly once.
     """
 
+    name = "mlflow"
     key = "mlflow"
     ROWS = "specreach.rows"
     MAX_BATCH = 1000  # MLflow's limit of metrics per request
@@ -145,8 +182,7 @@ class MlflowSink(Sink):
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        return [Metric(key, float(value), timestamp, int(row["step"])) for key, value in row.items()
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)]
+        return [Metric(key, value, timestamp, int(row["step"])) for key, value in finite_metrics(row).items()]
 
     def catch_up(self, table_rows: list[Mapping[str, Any]]) -> None:
         """A resumed run: its table holds ``table_rows``; send what MLflow lacks of them and skip,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specreach.data.base import DataInfo
+from specreach.datainfo import DataInfo, outputs_problem
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -45,11 +45,7 @@ def batch_problem(inputs: Tensor, targets: Tensor, info: DataInfo) -> str | None
 
 def output_size(info: DataInfo) -> int:
     """What a new linear head must emit for this task."""
-    size = {"next-token": info.vocab, "classification": info.classes, "regression": 1}[info.task]
-    if size is None:
-        raise ValueError(f"a {info.task} data source must give its {'vocab' if info.task == 'next-token' else 'classes'}"
-                         " in info()")
-    return size
+    return info.task_outputs().size
 
 
 def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, sample: Tensor,
@@ -59,14 +55,10 @@ def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, 
     from specreach.models.parameterization import builder_for
 
     builder = builder_for(model_name)
-    outputs_declared = builder.output_size(builder.Params(**model_params))
-    if info.task == "next-token" and outputs_declared < output_size(info):
-        raise ValueError(f"model '{model_name}' has a vocabulary of {outputs_declared} but data '{data_name}' has "
-                         f"{info.vocab} tokens; set model params vocab: {info.vocab} (or leave vocab out)")
-    if info.task != "next-token" and outputs_declared != output_size(info):
-        raise ValueError(f"model '{model_name}' has {outputs_declared} outputs but task '{info.task}' of data "
-                         f"'{data_name}' needs {output_size(info)}"
-                         + (f" (its {info.classes} classes)" if info.task == "classification" else ""))
+    problem = outputs_problem(builder.output_size(builder.Params(**model_params)), info.task_outputs(), model_name,
+                              data_name)
+    if problem is not None:
+        raise ValueError(problem)
     try:
         with torch.no_grad():
             outputs = model(sample)
@@ -77,3 +69,4 @@ def check_model_fits_data(model: nn.Module, model_params: dict, info: DataInfo, 
     if outputs.shape[-1] != expected and not (info.task == "next-token" and outputs.shape[-1] >= expected):
         raise ValueError(f"model '{model_name}' emits {outputs.shape[-1]} outputs per position but task "
                          f"'{info.task}' of data '{data_name}' needs {expected}")
+

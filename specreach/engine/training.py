@@ -8,7 +8,8 @@ import contextlib
 import torch
 from torch import nn
 
-from specreach.data.base import DataInfo, DataSource
+from specreach.data.base import DataSource
+from specreach.datainfo import DataInfo
 from specreach.engine.runs import RunSpec
 from specreach.models.linear_probe import LinearProbe
 from specreach.models.parameterization import build_model, builder_for, load_model

@@ -4,8 +4,11 @@
 
     from specreach.integrations.lightning import LNPCallback
 
-    trainer = lightning.Trainer(max_steps=1000, callbacks=[LNPCallback(F.cross_entropy, (x_val, y_val))])
-    trainer.fit(module, loader)
+    trainer = lightning.Trainer(max_steps=20, accelerator="cpu", logger=lightning.pytorch.loggers.CSVLogger("logs"),
+                                callbacks=[LNPCallback(F.cross_entropy, (x_val, y_val), estimator="hutchinson")])
+    trainer.fit(module, loader)     # the components go to the trainer's loggers as lnp/<name>
+
+(the whole example, which the tests run as it stands, is in ``docs/training-loop.md``).
 
 A thin wrapper over :class:`~specreach.engine.monitor.LNPMonitor`: on the measurement schedule
 (default: the paper's log-spaced windows over ``trainer.estimated_stepping_batches``) it measures

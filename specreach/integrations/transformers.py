@@ -4,8 +4,11 @@
 
     from specreach.integrations.transformers import LNPTrainerCallback
 
-    callback = LNPTrainerCallback(validation_pool={"input_ids": ids, "attention_mask": mask, "labels": ids})
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    callback = LNPTrainerCallback({"input_ids": ids, "attention_mask": mask, "labels": ids}, probes=8)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
+    trainer.train()
+
+(the whole example, which the tests run as it stands, is in ``docs/training-loop.md``).
 
 A thin wrapper over :class:`~specreach.engine.monitor.LNPMonitor`. Trainer callbacks never see the
 batch, so the callback keeps the keyword inputs of the model's latest training forward (a forward

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from specreach.data.base import DataInfo
+from specreach.datainfo import DataInfo
 
 
 P = TypeVar("P", bound=BaseModel)

@@ -8,7 +8,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from specreach.data.base import DataInfo
+from specreach.datainfo import DataInfo
 from specreach.models.base import ModelBuilder, mup_readout_from, scaled_dimension
 from specreach.models.llama import Block, Llama, LlamaConfig
 from specreach.models.random_features import RandomFeatureModel

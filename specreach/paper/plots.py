@@ -6,8 +6,9 @@ so they can be drawn again long after the runs, without MLflow.
   steps) are plotted as they are.
 - ``components.png`` (Figures 10–11): L̃, Ñ, P and Ñ·P per window.
 - ``final_loss.png`` (Figure 1 insets, Figure 7): final validation loss against parameter count,
-  a power law fitted per series (never across parameterizations or sweep values) where a series
-  has at least three sizes.
+  titled with the spec, the seed mean with a band over seeds; a power law is fitted per series
+  (never across parameterizations or sweep values) only where at least three sizes have at least
+  two seeds each, and the figure says so where none is.
 - ``test_loss.png`` (Figure 7): validation loss during training.
 - ``loss_change.png`` (Figure 2): the loss change on B across an update, split into the linear
   term −η·D and the remainder.
@@ -27,13 +28,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import Formatter, LogLocator, NullFormatter  # noqa: E402
 
 from specreach.paper.runs import (  # noqa: E402
     GroupKey, Labels, RunData, SeedCurves, finite, groups, load_run, seed_curves, seed_summary,
 )
 
 MIN_FIT_SIZES = 3  # a power law through two points fits anything
+MIN_FIT_SEEDS = 2  # at every size: one seed's noise is not a trend
 
 
 # --- axes ------------------------------------------------------------------------------------------
@@ -63,7 +65,22 @@ def tidy(ax) -> None:
         decades = math.log10(max(limits) / min(limits))
         if decades < 2:
             axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades >= 1 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+            axis.set_major_formatter(DistinctFormatter())
+
+
+class DistinctFormatter(Formatter):
+    """Tick labels with three significant digits, or as many more as it takes to tell them apart (a
+    narrow log axis falls back to linear ticks such as 5.531, 5.532, … which ``.3g`` would all call 5.53)."""
+
+    def format_ticks(self, values):
+        for digits in range(3, 10):
+            labels = [f"{value:.{digits}g}" for value in values]
+            if len(set(labels)) == len(labels):
+                break
+        return labels
+
+    def __call__(self, value, pos=None):
+        return f"{value:.3g}"
 
 
 def band(ax, x, curves: SeedCurves, color, label: str | None = None, values: np.ndarray | None = None, **style):
@@ -80,12 +97,13 @@ def colors(count: int):
     return [cmap(i / max(1, count - 1)) if count > 10 else cmap(i) for i in range(count)]
 
 
-def save(fig, path: Path) -> Path:
+def save(fig, path: Path, bottom: float = 0.0) -> Path:
+    """``bottom``: the figure's height kept free under the axes (for a note)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for ax in fig.axes:
         tidy(ax)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -248,13 +266,25 @@ def final_loss_series(runs: list[RunData]) -> dict[GroupKey, list[dict]]:
 
 
 def fit_series(series: dict[GroupKey, list[dict]]) -> dict[GroupKey, tuple[float, float]]:
+    """Power laws through the seed means of the series with enough sizes and seeds (:func:`why_not_fitted`)."""
     fits = {}
     for key, points in series.items():
-        points = [p for p in points if p["mean"] is not None]
-        if len({p["parameters"] for p in points}) >= MIN_FIT_SIZES:
+        if why_not_fitted(points) is None:
+            points = [p for p in points if p["mean"] is not None]
             fits[key] = power_law_fit(np.array([p["parameters"] for p in points], float),
                                       np.array([p["mean"] for p in points]))
     return fits
+
+
+def why_not_fitted(points: list[dict]) -> str | None:
+    """Why a series gets no power law (None: it gets one): fewer than MIN_FIT_SIZES sizes with at
+    least MIN_FIT_SEEDS seeds each."""
+    usable = {p["parameters"] for p in points if p["mean"] is not None and p["seeds"] >= MIN_FIT_SEEDS}
+    if len(usable) >= MIN_FIT_SIZES:
+        return None
+    seeds = sorted({p["seeds"] for p in points if p["mean"] is not None})
+    return (f"{len(points)} size{'s' * (len(points) != 1)} with {'/'.join(map(str, seeds))} "
+            f"seed{'s' * (seeds != [1])}")
 
 
 def plot_final_loss(runs: list[RunData], path: Path) -> Path | None:
@@ -263,27 +293,41 @@ def plot_final_loss(runs: list[RunData], path: Path) -> Path | None:
         return None
     labels = Labels(series)
     fits = fit_series(series)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for (key, points), color in zip(series.items(), colors(len(series))):
+        points = [p for p in points if p["mean"] is not None]
         x = np.array([p["parameters"] for p in points], float)
         y = np.array([p["mean"] for p in points])
-        low = np.array([p["min"] for p in points])
-        high = np.array([p["max"] for p in points])
-        ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o", ms=4, capsize=3, color=color,
-                    label=labels.setting(key) if len(series) > 1 else None)
+        ax.plot(x, y, marker="o", ms=4, lw=1, color=color, label=labels.setting(key) if len(series) > 1 else None)
+        if any(p["seeds"] > 1 for p in points):
+            ax.fill_between(x, [p["min"] for p in points], [p["max"] for p in points], color=color, alpha=0.18, lw=0)
         if key in fits:
             a, b = fits[key]
             grid = np.geomspace(x.min(), x.max(), 50)
-            ax.plot(grid, a * grid ** -b, "--", color=color, lw=1,
-                    label=f"fit: {a:.3g} · parameters^−{b:.3g}")
+            ax.plot(grid, a * grid ** -b, "--", color=color, lw=1, label=f"fit: {a:.3g} · parameters^{-b:+.3g}")
         for point in points:
             ax.annotate(point["size"], (point["parameters"], point["mean"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="final validation loss",
-           title=f"error bars: range over seeds; power law fitted with ≥ {MIN_FIT_SIZES} sizes")
-    ax.title.set_fontsize(8)
+           title=f"{', '.join(sorted({key.spec for key in series}))}: final validation loss")
+    fig.text(0.5, 0.01, final_loss_note(series, fits), ha="center", va="bottom", fontsize=7, wrap=True)
     legend(ax)
-    return save(fig, path)
+    return save(fig, path, bottom=0.08)
+
+
+def final_loss_note(series: dict[GroupKey, list[dict]], fits: dict) -> str:
+    """What the figure shows of seeds and fits, and why a series has no power law."""
+    seeds = sorted({p["seeds"] for points in series.values() for p in points if p["mean"] is not None})
+    note = f"mean over {'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])}" + (
+        ", band: range over seeds" if seeds[-1] > 1 else "")
+    missing = {key: why for key, points in series.items() if key not in fits and (why := why_not_fitted(points))}
+    if missing:
+        labels = Labels(series)
+        reasons = "; ".join(f"{labels.setting(key)}: {why}" if len(series) > 1 else why
+                            for key, why in missing.items())
+        note += (f". No power law fitted ({reasons}): a fit needs ≥ {MIN_FIT_SIZES} sizes with ≥ {MIN_FIT_SEEDS} "
+                 "seeds each")
+    return note
 
 
 # --- Figure 2: linear and non-linear parts of the loss change --------------------------------------

@@ -1,4 +1,5 @@
-"""Parameters of the built-in data sources."""
+"""Parameters of the built-in data sources, and the task each declares (``task_outputs``: see
+:mod:`specreach.datainfo`; SimpleStories' vocabulary is its tokenizer's, known only from the files)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from specreach.datainfo import TaskOutputs
+
 BYTE_VOCAB = 256
+PIXEL_VOCAB = 256  # CIFAR-5M's grayscale levels
+CIFAR_CLASSES = 10
+DIGIT_CLASSES = 10
+DIGIT_LEVELS = 17  # sklearn's digits: pixel values 0 … 16
 DEFAULT_BPE_VOCAB = 1024
 DIGITS_SAMPLES = 1797  # images in sklearn's copy of the UCI optical digits
 
@@ -23,6 +30,9 @@ class PowerlawTeacherParams(BaseModel):
     sample_seed: int = Field(2, ge=0, description="Seed of the input draws (training set and validation pool).")
     train_size: int = Field(1024, ge=2, description="Samples in the finite training set (one epoch).")
     validation_size: int = Field(1024, ge=1, description="Samples in the validation pool.")
+
+    def task_outputs(self) -> TaskOutputs:
+        return TaskOutputs("regression", 1)
 
 
 class Cifar5mParams(BaseModel):
@@ -47,6 +57,11 @@ class Cifar5mParams(BaseModel):
         if len(set(parts)) != len(parts) or min(parts) < 0:
             raise ValueError(f"train_parts must be distinct non-negative part numbers, got {parts}")
         return parts
+
+    def task_outputs(self) -> TaskOutputs:
+        if self.task == "classification":
+            return TaskOutputs("classification", CIFAR_CLASSES)
+        return TaskOutputs("next-token", PIXEL_VOCAB)
 
 
 class SimpleStoriesParams(BaseModel):
@@ -77,6 +92,9 @@ class PydocTextParams(BaseModel):
         64, ge=1, description="Windows held out from the end of the text as the validation pool."
     )
 
+    def task_outputs(self) -> TaskOutputs:
+        return TaskOutputs("next-token", BYTE_VOCAB)
+
 
 class TextFileParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -100,6 +118,9 @@ class TextFileParams(BaseModel):
             raise ValueError("vocab_size applies to tokenizer: bpe only (byte tokens have a vocabulary of 256)")
         return self
 
+    def task_outputs(self) -> TaskOutputs:
+        return TaskOutputs("next-token", self.vocab_size if self.tokenizer == "bpe" else BYTE_VOCAB)
+
 
 class DigitsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,3 +130,8 @@ class DigitsParams(BaseModel):
     )
     task: Literal["classification", "next-pixel"] = Field(
         "classification", description="Classify the digit, or predict each pixel level (0-16) from the ones before.")
+
+    def task_outputs(self) -> TaskOutputs:
+        if self.task == "classification":
+            return TaskOutputs("classification", DIGIT_CLASSES)
+        return TaskOutputs("next-token", DIGIT_LEVELS)

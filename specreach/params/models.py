@@ -47,6 +47,9 @@ class LlamaParams(BaseModel):
             raise ValueError(f"hidden ({self.hidden}) must be at least heads ({self.heads})")
         return self
 
+    def declared_outputs(self) -> int | None:
+        return self.vocab  # None: the data's
+
 
 class ViTParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,9 +70,15 @@ class ViTParams(BaseModel):
             raise ValueError(f"image_size ({self.image_size}) must be divisible by patch ({self.patch})")
         return self
 
+    def declared_outputs(self) -> int | None:
+        return self.classes
+
 
 class RandomFeaturesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     inputs: int = Field(ge=1, description="Input dimension D.")
     features: int = Field(ge=1, description="Frozen random features M.")
     feature_seed: int = Field(0, description="Seed of the frozen first layer W (shared with the teacher).")
+
+    def declared_outputs(self) -> int | None:
+        return 1

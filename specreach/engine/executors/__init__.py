@@ -24,6 +24,8 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
+import warnings
+from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Mapping, Sequence
 
@@ -109,15 +111,23 @@ class Plan:
 
 
 def run_guarded(run: RunSpec, should_stop: Callable[[], bool], *, threads: int | None = None,
-                progress_bar: bool = True) -> RunResult:
+                progress_bar: bool = True, report: Callable[[dict], None] | None = None) -> RunResult:
     """:func:`~specreach.engine.session.run_session`, with an unexpected error (a bug, not bad input)
-    reported with its traceback and turned into this run's FAILED result, so the others go on."""
+    reported with its traceback and turned into this run's FAILED result, so the others go on.
+
+    ``report``: a run in another process sends its progress lines, and its warnings, there as events
+    (the executor's sweep view prints them in order); its own terminal output would interleave."""
     from specreach.engine.session import run_session
 
     try:
-        return run_session(run, should_stop, threads=threads, progress_bar=progress_bar)
+        with warnings_to(report, run.name):
+            return run_session(run, should_stop, threads=threads, progress_bar=progress_bar, report=report)
     except Exception as error:
-        traceback.print_exc(file=sys.stderr)
+        text = traceback.format_exc()
+        if report is not None:
+            report({"run": run.name, "line": f"[{run.name}] {text.rstrip()}"})
+        else:
+            print(text, end="", file=sys.stderr)
         message = f"{type(error).__name__}: {error} (traceback above)"
         from specreach.engine.run_folder import RunFolder
 
@@ -125,6 +135,24 @@ def run_guarded(run: RunSpec, should_stop: Callable[[], bool], *, threads: int |
         status = folder.read_status()
         folder.write_status(**{**status, "status": "FAILED", "message": message})
         return RunResult(run.name, "FAILED", status.get("run_id"), run.output_dir, message)
+
+
+@contextmanager
+def warnings_to(report: Callable[[dict], None] | None, name: str):
+    """Warnings of a run as lines of its progress events (``report``), or as they are (None)."""
+    if report is None:
+        yield
+        return
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        report({"run": name, "line": f"[{name}] warning: {message}"})
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 def record_crash(run: RunSpec, why: str) -> RunResult:

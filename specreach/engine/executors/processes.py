@@ -2,6 +2,8 @@
 
 - Workers are started with ``spawn`` (a clean interpreter: no inherited torch threads or locks)
   and live for the whole execution, so torch is imported once per worker, not once per run.
+- Workers print nothing: a run's progress lines and warnings come back through its worker's pipe,
+  ahead of its result, and the sweep view prints them (:mod:`specreach.engine.progress`).
 - Each run is pinned to its thread count: ``train.threads`` where the spec sets it, otherwise the
   worker's share of the cores (cores / workers), so runs do not oversubscribe the machine.
 - Ctrl-C (or SIGTERM to this process) sets a shared stop event: every worker stops its run at
@@ -46,6 +48,7 @@ def available_cores() -> int:
 
 
 READY = "ready"
+PROGRESS = "progress"
 NOT_STARTED = ("worker processes exit as they start (exit code {code}). With execution kind 'processes', "
                "a script that runs the engine must do so under `if __name__ == \"__main__\":` (workers are "
                "started with spawn, which imports the main module again); otherwise see the error printed above")
@@ -53,7 +56,8 @@ KILLED_STARTING = "a worker process was killed by signal {signal} as it started 
 
 
 def _worker_main(connection, stop_event, threads: int) -> None:
-    """A worker: say it is ready, then receive a run, run it, send its result; None ends the worker."""
+    """A worker: say it is ready, then receive a run, run it (its progress sent as ``(PROGRESS, event)``
+    messages), send its result; None ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through stop_event
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while we started
     stopped = threading.Event()
@@ -64,7 +68,8 @@ def _worker_main(connection, stop_event, threads: int) -> None:
         if run is None:
             return
         should_stop = lambda: stop_event.is_set() or stopped.is_set()  # noqa: E731
-        connection.send(run_guarded(run, should_stop, threads=threads, progress_bar=False))
+        report = lambda event: connection.send((PROGRESS, event))  # noqa: E731
+        connection.send(run_guarded(run, should_stop, threads=threads, progress_bar=False, report=report))
 
 
 @dataclass
@@ -161,6 +166,8 @@ class ProcessExecutor(Executor):
                 message = worker.connection.recv()
                 if message == READY:
                     worker.ready = True
+                elif isinstance(message, tuple) and message[0] == PROGRESS:
+                    plan.progress.report(message[1])  # in the order the worker sent them, before its result
                 else:
                     plan.record(message)
                     worker.run = None

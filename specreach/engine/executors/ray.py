@@ -8,6 +8,8 @@
   server on a cluster: a SQLite file is only safe on one machine).
 - A task whose worker or node dies is retried by Ray up to ``max_retries`` times; the retry
   resumes from the run's last checkpoint, so no row is recorded twice.
+- A run's progress lines and warnings go through a Ray queue to the driver, which prints them in
+  order above the sweep's bar.
 - Ctrl-C writes a ``stop`` file into each running run's folder, which the task looks for at step
   boundaries, five times a second: runs stop with a checkpoint, as with the other executors. (A
   file, not a Ray call: a task that waits on Ray gives its CPUs back, and Ray would start another
@@ -73,8 +75,9 @@ def check_listening(address: str) -> None:
                           "(or null for a local instance)")
 
 
-def run_task(run, threads: int):
-    """The body of a run's Ray task (module-level, so that workers import it by name)."""
+def run_task(run, threads: int, events=None):
+    """The body of a run's Ray task (module-level, so that workers import it by name); its progress
+    goes into ``events``, a Ray queue the driver reads."""
     stop_file = run.output_dir / STOP_FILE
     last = {"looked": 0.0, "stop": False}
 
@@ -85,7 +88,8 @@ def run_task(run, threads: int):
             last["stop"] = stop_file.exists()
         return last["stop"]
 
-    return run_guarded(run, should_stop, threads=threads, progress_bar=False)
+    return run_guarded(run, should_stop, threads=threads, progress_bar=False,
+                       report=events.put if events is not None else None)
 
 
 class RayExecutor(Executor):
@@ -100,19 +104,34 @@ class RayExecutor(Executor):
             # A local instance serves this machine only: Ray's single-node mode keeps it on the loopback
             # interface (read when Ray is imported, so it applies where this is the first use of Ray).
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Runs send their progress through a queue (below): what Ray forwards of the workers' output (a
+        # crash's last words) comes as it was printed, without colour codes or "[repeated Nx]" summaries.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         ray = import_ray()
         plan = Plan(runs, done)
         started_here = not ray.is_initialized()
         if started_here:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             if params.address is None:
-                ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="warning")
+                # Errors only: Ray's notices about a cluster (its token authentication) do not concern one that
+                # lives and dies with this sweep on the loopback interface.
+                ray.init(num_cpus=params.local_cpus, include_dashboard=False, logging_level="error")
             else:
                 check_listening(params.address)
                 ray.init(address=params.address, logging_level="warning")
         try:
             task = ray.remote(run_task).options(num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run,
                                                 max_retries=params.max_retries, retry_exceptions=False)
+            from ray.util.queue import Queue
+
+            events = Queue(actor_options={"num_cpus": 0})
+
+            def show_progress() -> None:
+                """The runs' events so far, in the order they were put."""
+                for event in events.get_nowait_batch(events.qsize()):
+                    plan.progress.report(event)
+
             threads = max(1, int(params.cpus_per_run))
             in_flight: dict = {}
             flagged = False
@@ -126,10 +145,11 @@ class RayExecutor(Executor):
                     while (run := plan.next_ready()) is not None:
                         run.output_dir.mkdir(parents=True, exist_ok=True)
                         (run.output_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier Ctrl-C
-                        in_flight[task.remote(run, threads)] = run
+                        in_flight[task.remote(run, threads, events)] = run
                 if not in_flight:
                     break
                 finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                show_progress()  # a finished task put its last events before it returned: they come first
                 for ref in finished:
                     run = in_flight.pop(ref)
                     (run.output_dir / STOP_FILE).unlink(missing_ok=True)
@@ -139,6 +159,7 @@ class RayExecutor(Executor):
                         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                         plan.record(record_crash(run, f"its Ray task died {params.max_retries + 1} times "
                                                       f"({type(error).__name__}: {first_line})"))
+            events.shutdown()
         finally:
             if started_here:
                 ray.shutdown()
