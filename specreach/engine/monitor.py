@@ -21,6 +21,11 @@ normalized), the window (and, for explicit-kernel estimators, the spectrum in ``
 the loss on B before and after the update and the change ΔL_B, with the SGD-linear prediction
 −lr·D beside it (with Adam the update is preconditioned, so ΔL_B − (−lr·D) mixes the non-linear
 remainder with the preconditioning). Rows go to the monitor's sink.
+
+In a data-parallel run (``torch.distributed`` initialized with several ranks, the model wrapped in
+``DistributedDataParallel``) call it on every rank with the rank's batch: each rank measures its shard
+of A and of a B drawn once for all ranks, every rank gets the global batches' components, the logged
+training loss is the ranks' mean, and rank 0 alone writes rows.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor, nn
 
 from specreach.engine.schedule import measurement_steps
 from specreach.engine.sinks import Sink, as_sink
+from specreach.lnp.distributed import Ranks, unwrap
 from specreach.lnp.measure import measure_lnp_at_step
 from specreach.lnp.problem import call_model, measured_function, upcast
 from specreach.lnp.result import LNPResult
@@ -82,25 +88,54 @@ class LNPMonitor:
         self.pool_generator = torch.Generator().manual_seed(config.seed + 1)
         self.last_result: LNPResult | None = None
         self._pending: dict[str, Any] | None = None
-        self._batch_b: tuple[Tensor, Tensor] | None = None
+        self._batch_b: tuple[Tensor, Tensor] | None = None  # this rank's shard of B
+        self._global_b: tuple[Tensor, Tensor] | None = None  # B whole (the same as the shard in one process)
+
+    @property
+    def ranks(self) -> Ranks | None:
+        """The ranks of a data-parallel run (None: one process): each holds a shard of A and of B."""
+        return Ranks.of()
+
+    def _writes(self) -> bool:
+        """Rows are written by rank 0 alone: every rank measures the same global numbers."""
+        ranks = self.ranks
+        return ranks is None or ranks.rank == 0
 
     def should_measure(self, step: int) -> bool:
         return step in self.schedule
 
     def draw_batch_b(self, size: int) -> tuple[Any, Any]:
+        """B for this rank: ``size`` samples drawn from the pool; in a data-parallel run, this rank's shard
+        of one draw of ``size`` × ranks samples (the same draw on every rank, from the shared generator)."""
         available = _pool_size(self.pool)
-        index = torch.randperm(available, generator=self.pool_generator)[:min(size, available)]
-        return _take(self.pool, index, next(self.model.parameters()).device)
+        ranks = self.ranks
+        count = size * (ranks.size if ranks is not None else 1)
+        index = torch.randperm(available, generator=self.pool_generator)[:min(count, available)]
+        return self._shard(index)
 
     def fixed_batch(self) -> tuple[Any, Any]:
-        count = self.batch_size or _pool_size(self.pool)
-        return _take(self.pool, torch.arange(min(count, _pool_size(self.pool))), next(self.model.parameters()).device)
+        ranks = self.ranks
+        count = (self.batch_size or _pool_size(self.pool)) * (ranks.size if ranks is not None else 1)
+        return self._shard(torch.arange(min(count, _pool_size(self.pool))))[0]
+
+    def _shard(self, index: Tensor) -> tuple[Any, Any]:
+        """This rank's samples of ``index`` (all of them in one process), and the whole of them."""
+        device = next(self.model.parameters()).device
+        whole = _take(self.pool, index, device)
+        ranks = self.ranks
+        if ranks is None:
+            return whole, whole
+        return _take(self.pool, index.tensor_split(ranks.size)[ranks.rank], device), whole
 
     def step(self, step: int, batch: tuple[Tensor, Tensor], loss: Tensor | float, outputs: Tensor | None = None,
              lr: float | None = None) -> LNPResult | None:
         """Call after ``loss.backward()`` and before the optimizer step."""
         self._write_pending()
-        row: dict[str, Any] = {"step": step, "loss": loss.item() if isinstance(loss, Tensor) else float(loss)}
+        loss_value = loss.item() if isinstance(loss, Tensor) else float(loss)
+        ranks = self.ranks
+        if ranks is not None:  # the mean of the ranks' training losses, as DDP's gradient averages theirs
+            loss_value = ranks.sum([loss_value])[0] / ranks.size
+        row: dict[str, Any] = {"step": step, "loss": loss_value}
         if lr is not None:
             row["lr"] = lr
         result = None
@@ -110,7 +145,8 @@ class LNPMonitor:
             reuse = config.reuse_step_gradient and outputs is not None and not any(g is None for g in grads)
             if config.fixed_batch:  # the step's gradient and outputs are of another batch
                 batch, reuse = self.fixed_batch(), False
-            self._batch_b = self.draw_batch_b(self.batch_size or _sample_count(batch[0])) if config.cross_batch else None
+            self._batch_b, self._global_b = (self.draw_batch_b(self.batch_size or _sample_count(batch[0]))
+                                             if config.cross_batch else (None, None))
             result = measure_lnp_at_step(
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
@@ -138,12 +174,13 @@ class LNPMonitor:
     def after_update(self) -> None:
         """Record the actual change of the loss on B across the update just made."""
         if self._pending is not None and "loss_b" in self._pending:
-            batch_b = self._batch_b
+            batch_b = self._global_b  # loss_b was the whole B's: every rank takes it on all of B
             if batch_b is None:  # full batch: B = A, whose loss before the step is loss_a
                 return self._write_pending()
             # The measured function: eval mode, full precision (loss_b was taken on it too).
-            with torch.no_grad(), torch.random.fork_rng(devices=[]), measured_function(self.model):
-                after = float(self.loss_fn(call_model(self.model, upcast(batch_b[0])), upcast(batch_b[1])))
+            model = unwrap(self.model)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]), measured_function(model):
+                after = float(self.loss_fn(call_model(model, upcast(batch_b[0])), upcast(batch_b[1])))
             self._pending["loss_b_after"] = after
             self._pending["delta_loss_b"] = after - self._pending["loss_b"]
         self._write_pending()
@@ -151,12 +188,14 @@ class LNPMonitor:
     def record(self, step: int, metrics: dict[str, float]) -> None:
         """Record extra metrics (e.g. an evaluation loss) at ``step``."""
         self._write_pending()
-        self.sink.write({"step": step, **metrics})
+        if self._writes():
+            self.sink.write({"step": step, **metrics})
 
     def _write_pending(self) -> None:
         if self._pending is not None:
             row, self._pending = self._pending, None
-            self.sink.write(row)
+            if self._writes():
+                self.sink.write(row)
 
     def state_dict(self) -> dict[str, Any]:
         return {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
@@ -168,11 +207,13 @@ class LNPMonitor:
     def flush(self) -> None:
         """Write the pending row and make everything recorded durable (before a checkpoint, at the end)."""
         self._write_pending()
-        self.sink.flush()
+        if self._writes():
+            self.sink.flush()
 
     def close(self, status: str = "FINISHED", message: str = "") -> None:
         self.flush()
-        self.sink.status(status, message)
+        if self._writes():
+            self.sink.status(status, message)
 
 
 def _pool_size(pool) -> int:
