@@ -140,3 +140,65 @@ def test_the_monitor_writes_on_rank_zero_the_rows_one_process_writes(float64, sh
                 assert row[key] == value, key
             else:
                 assert float(row[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-14), key
+
+
+def compare_rows(rows: list[dict], kept: list[dict], build, loss_fn, names=("grad_dot", "loss_magnitude",
+                 "network_magnitude", "spectral_position", "chi_net_a", "chi_net_b", "loss_a", "loss_b")):
+    """Each measured row equals one process's measurement of the kept weights and global batches."""
+    from specreach import measure_lnp
+
+    measured = {int(row["step"]): row for row in rows if row.get("grad_dot") not in (None, "")}
+    assert sorted(measured) == [entry["step"] for entry in kept]
+    for entry in kept:
+        model = build()
+        model.load_state_dict(entry["weights"])
+        expected = measure_lnp(model, loss_fn, entry["a"], entry["b"], estimator="exact")
+        row = measured[entry["step"]]
+        for name in names:
+            assert float(row[name]) == pytest.approx(getattr(expected, name), rel=1e-9), (entry["step"], name)
+
+
+def test_lightning_ddp_logs_the_global_batches_measurement(float64, tmp_path):
+    """``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` with ``LNPCallback``: Lightning starts the
+    second process itself; rank 0's rows equal one process on the gathered batches and kept weights."""
+    import os
+
+    out = tmp_path / "lightning"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "lightning_ddp.py"), str(out)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import lightning_ddp
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    with open(f"{out}.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = torch.load(f"{out}.kept.pt", weights_only=True)
+    assert len(kept) == 2 and kept[0]["a"][0].shape[0] == 4  # 2 samples from each rank
+    compare_rows(rows, kept, lightning_ddp.Classifier, F.cross_entropy)
+
+
+def test_hugging_face_trainer_under_torchrun_logs_the_global_batches_measurement(float64, tmp_path):
+    """``Trainer`` under ``torchrun --nproc_per_node 2`` (CPU) with ``LNPTrainerCallback``: rank 0's rows
+    equal one process on the gathered batches and kept weights (the Trainer's clipped gradient is recomputed)."""
+    from specreach.integrations.transformers import CausalLMLogits, next_token_loss
+
+    out = tmp_path / "hf"
+    torchrun("hf_trainer_ddp.py", out)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import hf_trainer_ddp
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    with open(f"{out}.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = torch.load(f"{out}.kept.pt", weights_only=True)
+    assert len(kept) == 2 and kept[0]["a"][1].shape[0] == 4  # 2 sequences from each rank
+
+    class Logits(CausalLMLogits):
+        def load_state_dict(self, state, strict=True):
+            return self.model.load_state_dict(state, strict=strict)
+
+    compare_rows(rows, kept, lambda: Logits(hf_trainer_ddp.tiny_gpt2()), next_token_loss)
