@@ -202,3 +202,12 @@ def test_hugging_face_trainer_under_torchrun_logs_the_global_batches_measurement
             return self.model.load_state_dict(state, strict=strict)
 
     compare_rows(rows, kept, lambda: Logits(hf_trainer_ddp.tiny_gpt2()), next_token_loss)
+
+
+def test_a_fully_sharded_model_is_refused_on_every_rank_with_what_to_use(tmp_path):
+    out = tmp_path / "fsdp.json"
+    torchrun("fsdp_refused.py", out)
+    messages = json.loads(out.read_text())
+    assert len(messages) == 2
+    for message in messages:
+        assert "sharded across ranks (FSDP" in message and "Measure a DistributedDataParallel model" in message
