@@ -12,7 +12,9 @@ plain training step (forward, cross-entropy backward, AdamW):
   (``logits = h @ embedding.weight.T``, nanoGPT's shape), whose embedding weight's two uses are
   op rules with materialized per-sample gradients (``--skip-tied`` leaves it out);
 - peak tensor memory (allocations traced by the autograd profiler) of a training step and
-  of a measurement.
+  of a measurement;
+- the fast path's self-check (samples independent, per-sample norms against plain autograd on two
+  samples), which ``measure_lnp`` runs once per model.
 
 - the figure of merit: compute (in training steps) to reach 1 % relative standard error on N and
   on P, from the spread of repeated independent measurements (not the reported SE):
@@ -42,6 +44,7 @@ from opacus import GradSampleModule
 from specreach import measure_lnp_at_step
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.probes import ProbeAccumulator, rademacher
+from specreach.lnp.verify import verify_model
 from specreach.models.llama import Llama, LlamaConfig
 
 
@@ -219,10 +222,13 @@ def main() -> None:
     step_gradient()
     t_measure = timed(measurement, args.repeats, device)
     assert state["result"].step_gradient_reused
+    # The fast path's self-check, which measure_lnp runs once per model (the warm-up above ran it).
+    t_verify = timed(lambda: verify_model(model, token_cross_entropy, batch_a), args.repeats, device)
     rows = [
         ("training step (forward, backward, AdamW)", t_step),
         ("specreach: one Hutchinson probe (forward shared)", t_probe),
         (f"specreach: cross-batch measurement, K = {args.probes} per batch", t_measure),
+        ("specreach: the self-check, once per model", t_verify),
     ]
     if not args.skip_straightforward:
         gsm = GradSampleModule(copy.deepcopy(model), batch_first=True, loss_reduction="sum")

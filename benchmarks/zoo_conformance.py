@@ -45,6 +45,7 @@ from torch import nn
 from specreach import measure_lnp
 
 N_A, N_B = 2, 2  # samples per batch
+LIMITS = {"params": 15_000_000}  # set from --max-params
 CLASSES = 3
 TOLERANCE = 1e-6
 COMPARED = ("grad_dot", "loss_magnitude", "network_magnitude", "spectral_position", "chi_net_a", "chi_net_b")
@@ -174,7 +175,8 @@ def check(case: Case, timeout: int, max_params: int, probes: int) -> Outcome:
             torch.manual_seed(0)
             model, loss_fn, batch_a, batch_b, mask_a, mask_b = case.build()
     except Exception as error:  # noqa: BLE001 - a model that does not build tiny is listed, not judged
-        return Outcome(case, "skipped", note=f"does not build tiny: {type(error).__name__}: {_line(error)}")
+        return Outcome(case, "skipped", note=f"not built: {_line(error)}" if isinstance(error, ValueError) else
+                       f"does not build tiny: {type(error).__name__}: {_line(error)}")
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if parameters > max_params:
         return Outcome(case, "skipped", parameters, note=f"over {max_params:,} parameters")
@@ -249,7 +251,7 @@ def timm_stem(name: str) -> str:
     return (prefix or "") + letters + (digits if letters.endswith("v") else "")
 
 
-def timm_cases(candidates: int = 6) -> list[Case]:
+def timm_cases(candidates: int = 1) -> list[Case]:
     """One case per family: a timm module's models grouped by their stem."""
     import timm
 
@@ -273,22 +275,25 @@ def timm_cases(candidates: int = 6) -> list[Case]:
     return cases
 
 
+_BIG = {"base", "large", "huge", "giant", "gigantic", "xl", "xxl", "1b", "3b", "7b", "l", "h", "g", "e"}
+
+
 def _timm_builder(names: list[str]):
     def build():
         import timm
 
-        sizes = {}
-        for name in names:  # the smallest by parameter count, counted on the meta device
-            with contextlib.suppress(Exception), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.device("meta"):
-                    sizes[name] = sum(p.numel() for p in timm.create_model(name, num_classes=CLASSES).parameters())
-        if not sizes:
-            raise RuntimeError("no candidate builds")
-        name = min(sizes, key=sizes.get)
-        model, size = _timm_at_small_size(name)
+        name = names[0]
+        tokens = set(re.split(r"[_.]+", name)[1:])
+        if tokens & _BIG:
+            raise ValueError(f"its smallest variant, {name}, is {sorted(tokens & _BIG)[0]}-sized")
+        with warnings.catch_warnings(), torch.device("meta"):  # counted before anything is allocated
+            warnings.simplefilter("ignore")
+            size = sum(p.numel() for p in timm.create_model(name, num_classes=CLASSES).parameters())
+        if size > LIMITS["params"]:
+            raise ValueError(f"its smallest variant, {name}, has {size:,} parameters")
+        model, pixels = _timm_at_small_size(name)
         torch.manual_seed(0)
-        x_a, x_b = torch.randn(N_A, 3, size, size), torch.randn(N_B, 3, size, size)
+        x_a, x_b = torch.randn(N_A, 3, pixels, pixels), torch.randn(N_B, 3, pixels, pixels)
         y_a, y_b = torch.randint(0, CLASSES, (N_A,)), torch.randint(0, CLASSES, (N_B,))
         model.chosen_name = name
         return model, F.cross_entropy, (x_a, y_a), (x_b, y_b), None, None
@@ -296,27 +301,25 @@ def _timm_builder(names: list[str]):
 
 
 def _timm_at_small_size(name: str) -> tuple[nn.Module, int]:
+    """The model at 32 or 64 pixels (as ``img_size`` where it takes one); float64 convolutions on a CPU
+    make anything larger too slow for a zoo."""
     import timm
 
-    default = timm.create_model(name, pretrained=False, num_classes=CLASSES)
-    cfg_size = int(default.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    attempts = [(32, {"img_size": 32}), (64, {"img_size": 64}), (32, {}), (64, {}), (min(cfg_size, 224), {})]
-    for size, options in attempts:
+    for pixels, options in ((32, {"img_size": 32}), (32, {}), (64, {"img_size": 64}), (64, {})):
         try:
-            model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **options) if options else default
-            model = model.double().eval()
+            model = timm.create_model(name, pretrained=False, num_classes=CLASSES, **options).double().eval()
             with torch.no_grad():
-                out = model(torch.randn(1, 3, size, size))
+                out = model(torch.randn(1, 3, pixels, pixels))
             if out.shape == (1, CLASSES):
-                return model, size
+                return model, pixels
         except Exception:  # noqa: BLE001 - try the next size
             continue
-    raise RuntimeError(f"{name} runs at none of 32, 64, {cfg_size} pixels")
+    raise ValueError(f"{name} takes no images of 32 or 64 pixels")
 
 
 # --- transformers -------------------------------------------------------------------------------------
 
-VOCAB, TOKENS = 32, 5
+VOCAB, TOKENS = 16, 4
 TINY = dict(
     vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
     num_key_value_heads=1, max_position_embeddings=64, n_embd=16, n_layer=2, n_head=2, n_positions=64, n_inner=32,
@@ -413,7 +416,7 @@ def _transformers_builder(model_type: str, class_name: str, head: str):
                 labels[:, 1::2] = ids[:, 1::2]  # every other token is predicted
                 labels = labels.masked_fill(mask == 0, -100)
             else:  # seq2seq: the decoder reads the targets shifted right
-                labels = torch.randint(3, min(vocab, VOCAB), (n, TOKENS - 2))
+                labels = torch.randint(3, min(vocab, VOCAB), (n, TOKENS - 1))
                 inputs["decoder_input_ids"] = torch.cat([torch.ones(n, 1, dtype=torch.long), labels[:, :-1]], 1)
             batches.append((inputs, labels))
             masks.append(labels != -100)
@@ -473,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args(argv)
+    LIMITS["params"] = args.max_params
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     warnings.simplefilter("ignore")
