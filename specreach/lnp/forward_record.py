@@ -344,7 +344,8 @@ class ForwardRecorder:
         # use, not a batch-free intermediate; anything else from parameters alone has no samples (its
         # first dim may equal the batch size by chance: T5's (heads, q, k) position bias with heads = n).
         derives = (not transpose and not batched and differentiable and self.n is not None
-                   and not (is_batched(output, self.n) and _expands_over_batch(func, args, output)))
+                   and not (is_batched(output, self.n) and (_expands_over_batch(func, args, output)
+                                                            or self._takes_batch_shaped_constant(args, kwargs))))
         use = OpUse(func, args, kwargs, output, call, self._tick(), operands, differentiable, transpose, derives,
                     output._version if isinstance(output, Tensor) else 0,
                     batch_first=not batched or not is_batched(output, self.n) or self.holds_samples_first(output),
@@ -356,6 +357,12 @@ class ForwardRecorder:
             self._kept.append(output)
         elif derives:
             self.derived[id(output)] = (output, frozenset(pid for pid, *_ in operands))
+
+    def _takes_batch_shaped_constant(self, args: tuple, kwargs: dict) -> bool:
+        """An operand with the batch size first that is neither computed from the batch nor from parameters
+        (BERT's token_type_ids, zeros expanded over the batch): a per-sample constant, so the use is per-sample."""
+        return any(isinstance(v, Tensor) and is_batched(v, self.n) and id(v) not in self.parameter_ids
+                   and id(v) not in self.transposes and id(v) not in self.derived for _, v in _operands(args, kwargs))
 
     def __enter__(self) -> "ForwardRecorder":
         self.clear()
