@@ -229,6 +229,10 @@ def check_loss(loss_fn: Any, outputs: Tensor, targets: Any, which: str,
     few_outputs, few_targets = outputs[:2].detach().requires_grad_(True), targets[:2]
     with torch.enable_grad():
         once = loss_fn(few_outputs, few_targets)
+        if not isinstance(once, Tensor) or once.dim() != 0:
+            shape = tuple(once.shape) if isinstance(once, Tensor) else type(once).__name__
+            raise ValueError(f"loss_fn must return a scalar (mean-reduced) loss; on batch {which} it returned "
+                             f"{shape} for two samples. Use reduction='mean'.")
         direct = torch.autograd.grad(once, list((params or {}).values()), allow_unused=True) if (
             params and once.requires_grad) else []
     used = [name for name, grad in zip(params or {}, direct) if grad is not None]
