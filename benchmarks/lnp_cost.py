@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -44,6 +45,7 @@ from opacus import GradSampleModule
 from specreach import measure_lnp_at_step
 from specreach.lnp.per_sample_norms import PerSampleNormTape
 from specreach.lnp.probes import ProbeAccumulator, rademacher
+from specreach.lnp.step_forward import record_step_forward
 from specreach.lnp.verify import verify_model
 from specreach.models.llama import Llama, LlamaConfig
 
@@ -142,7 +144,10 @@ def main() -> None:
     parser.add_argument("--paper-scale", action="store_true")
     parser.add_argument("--skip-straightforward", action="store_true")
     parser.add_argument("--skip-tied", action="store_true")
-    parser.add_argument("--params", choices=["15.5m", "134m"], default="15.5m", help="size at --paper-scale")
+    parser.add_argument("--params", choices=["15.5m", "134m", "350m"], default="15.5m",
+                        help="size at --paper-scale: Table 1's 15.5M or 134M, or a 336M Llama (24 layers, width 1024)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 32)")
+    parser.add_argument("--context", type=int, default=None, help="context length (default: 128, 512 at --paper-scale)")
     parser.add_argument("--rse-repeats", type=int, default=40, help="independent measurements for the figure of merit")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
@@ -156,12 +161,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    if args.paper_scale and args.params == "134m":  # Table 1, 134M: 18 layers, hidden 768, FF 2048, 12 heads
+    if args.paper_scale and args.params == "350m":  # GPT-2-medium-sized: beyond the paper's largest
+        config, batch, context = LlamaConfig(vocab=4096, layers=24, hidden=1024, ff=3072, heads=16, context=512), 32, 512
+    elif args.paper_scale and args.params == "134m":  # Table 1, 134M: 18 layers, hidden 768, FF 2048, 12 heads
         config, batch, context = LlamaConfig(vocab=4096, layers=18, hidden=768, ff=2048, heads=12, context=512), 32, 512
     elif args.paper_scale:  # Table 1, 15.5M: 7 layers, hidden 384, FF 1024, 5 heads
         config, batch, context = LlamaConfig(vocab=4096, layers=7, hidden=384, ff=1024, heads=5, context=512), 32, 512
     else:
         config, batch, context = LlamaConfig(vocab=4096, layers=4, hidden=96, ff=256, heads=2, context=128), 32, 128
+    batch = args.batch or batch
+    if args.context:
+        config = dataclasses.replace(config, context=args.context)
+        context = args.context
     model = Llama(config).to(device)
     params = [p for p in model.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -208,6 +219,21 @@ def main() -> None:
             outputs_a=state["logits"], estimator="hutchinson", probes=args.probes, generator=generator,
         )
 
+    def step_gradient_and_shared_measurement():
+        """As the engine and LNPMonitor.record_forward do: the step's forward of A recorded, its graph
+        kept through the backward, and the measurement taking A from it."""
+        optimizer.zero_grad(set_to_none=True)
+        with record_step_forward(model) as recorded:
+            logits = model(batch_a[0])
+        loss = token_cross_entropy(logits, batch_a[1])
+        recorded.keep(logits, loss)
+        loss.backward(retain_graph=True)
+        state["result"] = measure_lnp_at_step(
+            model, token_cross_entropy, batch_a, batch_b, grad_a=[p.grad for p in params], outputs_a=logits,
+            estimator="hutchinson", probes=args.probes, generator=generator, step_forward=recorded,
+        )
+        recorded.clear()
+
     n_params = sum(p.numel() for p in params)
     print(f"model: Llama {config.layers}×{config.hidden}, FF {config.ff}, {config.heads} heads, vocab {config.vocab}, "
           f"{n_params / 1e6:.2f}M parameters; batch {batch}, context {context}; {device}; K = {args.probes}")
@@ -222,12 +248,15 @@ def main() -> None:
     step_gradient()
     t_measure = timed(measurement, args.repeats, device)
     assert state["result"].step_gradient_reused
+    # The same at a training step that recorded its forward of A: what it adds to the step's forward and backward.
+    t_shared = timed(step_gradient_and_shared_measurement, args.repeats, device) - timed(step_gradient, args.repeats, device)
     # The fast path's self-check, which measure_lnp runs once per model (the warm-up above ran it).
     t_verify = timed(lambda: verify_model(model, token_cross_entropy, batch_a), args.repeats, device)
     rows = [
         ("training step (forward, backward, AdamW)", t_step),
         ("specreach: one Hutchinson probe (forward shared)", t_probe),
         (f"specreach: cross-batch measurement, K = {args.probes} per batch", t_measure),
+        ("specreach: the same, A's forward recorded in the training step", t_shared),
         ("specreach: the self-check, once per model", t_verify),
     ]
     if not args.skip_straightforward:
@@ -270,14 +299,14 @@ def main() -> None:
         print(f"gain of specreach over straightforward, full measurement: {straightforward / rows[2][1]:.2f}×")
 
     # The figure of merit: independent measurements at the same weights and batches.
-    repeats = []
+    repeats: list = []
     for seed in range(args.rse_repeats):
         independent = torch.Generator(device=device).manual_seed(1000 + seed)
         repeats.append(measure_lnp_at_step(
             model, token_cross_entropy, batch_a, batch_b, grad_a=[p.grad for p in params],
             outputs_a=state["logits"], estimator="hutchinson", probes=args.probes, generator=independent))
     cost = t_measure / t_step
-    for name, attribute in (("N", "network_magnitude"), ("P", "spectral_position")):
+    for name, attribute in (("N", "network_magnitude"), ("P", "spectral_position")) if len(repeats) > 1 else ():
         values = [getattr(r, attribute) for r in repeats]
         spread = statistics.stdev(values) / abs(statistics.fmean(values))
         # The SD of m draws is itself uncertain by about 1/√(2(m−1)), its square twice that.

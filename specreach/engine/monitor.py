@@ -26,13 +26,23 @@ In a data-parallel run (``torch.distributed`` initialized with several ranks, th
 ``DistributedDataParallel``) call it on every rank with the rank's batch: each rank measures its shard
 of A and of a B drawn once for all ranks, every rank gets the global batches' components, the logged
 training loss is the ranks' mean, and rank 0 alone writes rows.
+
+To spare the measurement A's second forward, record the step's own (the monitor uses it where the
+step computed the measured function: no active dropout, fp32)::
+
+        with monitor.record_forward(step):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        monitor.keep(logits, loss)
+        loss.backward(retain_graph=monitor.shares_forward(step))
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +53,7 @@ from specreach.lnp.distributed import Ranks, unwrap
 from specreach.lnp.measure import measure_lnp_at_step
 from specreach.lnp.problem import call_model, measured_function, upcast
 from specreach.lnp.result import LNPResult
+from specreach.lnp.step_forward import StepForward, record_step_forward
 from specreach.spec import LogWindows
 
 
@@ -90,6 +101,7 @@ class LNPMonitor:
         self._pending: dict[str, Any] | None = None
         self._batch_b: tuple[Tensor, Tensor] | None = None  # this rank's shard of B
         self._global_b: tuple[Tensor, Tensor] | None = None  # B whole (the same as the shard in one process)
+        self._step_forward: StepForward | None = None  # the step's forward of A, recorded (record_forward)
 
     @property
     def ranks(self) -> Ranks | None:
@@ -127,9 +139,42 @@ class LNPMonitor:
             return whole, whole
         return _take(self.pool, index.tensor_split(ranks.size)[ranks.rank], device), whole
 
+    def shares_forward(self, step: int) -> bool:
+        """Whether the measurement at ``step`` can take A's forward from the training step: measured, on
+        the training batch, with the step's gradient (fp32)."""
+        config = self.config
+        return self.should_measure(step) and config.reuse_step_gradient and not config.fixed_batch
+
+    @contextlib.contextmanager
+    def record_forward(self, step: int) -> Iterator[StepForward | None]:
+        """Wrap the training step's forward of A in this; at a measured step it is recorded, so that the
+        measurement does not run A's forward again. Then call :meth:`keep` with the outputs and the
+        loss, run ``loss.backward(retain_graph=True)`` (the measurement walks the step's graph), and
+        :meth:`step`. Outside measured steps this does nothing."""
+        if not self.shares_forward(step):
+            yield None
+            return
+        with record_step_forward(self.model) as recorded:
+            yield recorded
+        self._step_forward = recorded
+
+    def keep(self, outputs: Tensor, loss: Tensor) -> None:
+        """The step's outputs and loss, after a forward in :meth:`record_forward` and before its backward."""
+        if self._step_forward is not None:
+            self._step_forward.keep(outputs, loss)
+
     def step(self, step: int, batch: tuple[Tensor, Tensor], loss: Tensor | float, outputs: Tensor | None = None,
              lr: float | None = None) -> LNPResult | None:
         """Call after ``loss.backward()`` and before the optimizer step."""
+        recorded, self._step_forward = self._step_forward, None
+        try:
+            return self._step(step, batch, loss, outputs, lr, recorded)
+        finally:
+            if recorded is not None:
+                recorded.clear()  # the activations and, with the outputs, the retained graph
+
+    def _step(self, step: int, batch: tuple[Tensor, Tensor], loss: Tensor | float, outputs: Tensor | None,
+              lr: float | None, recorded: StepForward | None) -> LNPResult | None:
         self._write_pending()
         loss_value = loss.item() if isinstance(loss, Tensor) else float(loss)
         ranks = self.ranks
@@ -151,7 +196,7 @@ class LNPMonitor:
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
                 estimator=config.estimator, probes=config.probes, generator=self.probe_generator,
-                verify=config.verify, **dict(config.estimator_options),
+                verify=config.verify, step_forward=recorded if reuse else None, **dict(config.estimator_options),
             )
             self.last_result = result
             row.update(window=self.schedule[step], **result.as_dict())

@@ -319,8 +319,10 @@ class RunSession:
             inputs, targets = (to_device(t, self.device, self.dtype) for t in next(stream))
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(run.train.precision, self.device):
-                outputs = model(inputs)
+                with monitor.record_forward(step):  # at a measured step, A's forward for the measurement
+                    outputs = model(inputs)
                 loss = self.loss_fn(outputs, targets)
+            monitor.keep(outputs, loss)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 bad_data = batch_problem(inputs, targets, self.data.info())
@@ -334,13 +336,14 @@ class RunSession:
                 raise FloatingPointError(f"step {step}: the training loss is {loss_value}; {previous}. "
                                          "Lower train.lr, add train.grad_clip or train.warmup_steps.")
             last_finite = (step, loss_value)
-            loss.backward()
+            loss.backward(retain_graph=monitor.shares_forward(step))
             lr = self.scheduler.get_last_lr()[0]
             try:
                 with stop_between_probes(self.should_stop):
                     monitor.step(step, (inputs, targets), loss_value, outputs=outputs, lr=lr)
             except MeasurementStopped:
                 raise Interrupted from None
+            del outputs, loss  # a measured step's graph was retained for the measurement: free it now
             if run.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
             self.optimizer.step()

@@ -30,6 +30,7 @@ from specreach.lnp.problem import (
     Batch, BatchOutputs, MeasurementProblem, batch_outputs, forward, gradient_dot, loss_of, squared_norm,
 )
 from specreach.lnp.result import ChiNet, LNPResult, assemble_result
+from specreach.lnp.step_forward import note_same_in_training, same_in_training
 
 
 class Estimator(ABC):
@@ -99,21 +100,28 @@ class PerSampleNormEstimator(Estimator):
         shards of as many units.
         """
         ranks = problem.ranks
-        tape = PerSampleNormTape(problem.model, problem.params)
-        tape.ranks = ranks
+        recorded = problem.step_forward if which == "A" else None
         with torch.enable_grad():
-            outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
+            if recorded is not None and same_in_training(problem.model) and recorded.tape.adopt(recorded.outputs):
+                tape, outputs = recorded.tape, recorded.outputs  # the step's own forward: no second one
+            else:
+                tape = PerSampleNormTape(problem.model, problem.params)
+                outputs = tape.record(lambda: forward(problem.model, batch.inputs, which))
+                if recorded is not None and same_in_training(problem.model) is None:
+                    note_same_in_training(problem.model, recorded.outputs, outputs)  # once per model
+                recorded = None
+            tape.ranks = ranks
             try:
                 with ranks.agreed() if ranks is not None else contextlib.nullcontext():
                     gradient: tuple[Tensor, ...] | None = None
-                    output_grad: Tensor | None = None
-                    loss_value: float | None = None
+                    output_grad: Tensor | None = recorded.output_grad if recorded is not None else None
+                    loss_value: float | None = recorded.loss if recorded is not None else None
                     if ranks is not None and counts_nothing(problem.loss_fn, batch.targets, problem.ignore_index,
                                                             batch.loss_mask):
                         # a shard of nothing but ignored targets: no units, no part of g, L or N
                         measured, gradient = _empty_shard(batch, outputs), tuple(map(torch.zeros_like, problem.params.values()))
                     else:
-                        if step_outputs is None or not same_function(outputs, step_outputs):
+                        if step_outputs is None or (recorded is None and not same_function(outputs, step_outputs)):
                             gradient, output_grad, loss_value = self._gradient(problem, batch, outputs, which)
                         measured = batch_outputs(problem, batch, outputs, which, output_grad, loss_value)
                 counts, reused = [measured.units], [gradient is None]

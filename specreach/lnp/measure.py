@@ -17,6 +17,7 @@ from specreach.lnp.problem import (
     trainable_parameters, untouched,
 )
 from specreach.lnp.result import LNPResult
+from specreach.lnp.step_forward import StepForward
 from specreach.lnp.verify import verify_once
 from specreach.plugins import get_plugin_manager
 
@@ -105,6 +106,7 @@ def measure_lnp_at_step(
     loss_mask_b: Tensor | None = None,
     verify: bool = True,
     process_group: Any = "auto",
+    step_forward: StepForward | None = None,
     **estimator_options: Any,
 ) -> LNPResult:
     """:func:`measure_lnp` for a training loop that already has the step's work on batch A.
@@ -114,7 +116,10 @@ def measure_lnp_at_step(
     ``outputs_a`` are the step's outputs (logits) and must come with it: the gradient is reused
     only if the step computed the measured function (same outputs). After a step with active
     dropout or in mixed precision it is recomputed on the measured function instead, and
-    ``result.step_gradient_reused`` is False.
+    ``result.step_gradient_reused`` is False. ``step_forward``: the step's forward on A recorded with
+    :func:`~specreach.lnp.step_forward.record_step_forward` (and its backward run with
+    ``retain_graph=True``), so that A's forward, g and L come from the step too; used where the step
+    computed the measured function (see :mod:`specreach.lnp.step_forward`).
 
     In a data-parallel run (``torch.distributed`` initialized with several ranks; ``process_group``
     picks another group, None measures this process's batches alone) every rank passes its shards
@@ -135,7 +140,7 @@ def measure_lnp_at_step(
             batch_b, loss_mask_b, units_b = gather_shards(ranks, batch_b, loss_mask_b, units_b)
         if grad_a is not None:
             grad_a = outputs_a = None  # of this rank's shard: recomputed on the whole batch
-        ranks = None
+        ranks = step_forward = None
     elif ranks is not None:
         generator = ranks.fork(generator)
     if grad_a is not None and outputs_a is None:
@@ -153,6 +158,8 @@ def measure_lnp_at_step(
         outputs_a=None if outputs_a is None else outputs_a.detach(),
         ignore_index=ignore_index,
         ranks=ranks,
+        step_forward=step_forward if step_forward is not None and grad_a is not None
+        and step_forward.usable(outputs_a) else None,
     )
     with untouched(model), measured_function(model):
         if verify and isinstance(est, PerSampleNormEstimator):

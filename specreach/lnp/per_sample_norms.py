@@ -89,21 +89,33 @@ class PerSampleNormTape:
         has the batch size); where another dimension has the batch size too, that is confirmed
         before the plan is used (see :meth:`_confirm_batch_dims`).
         """
-        copies = _COPY_OUTPUTS.setdefault(self.model, set())
-        self.recorder.copy_outputs = copies
+        self.prepare()
         with self:
             outputs = run()
-        modified = {id(rule.call.module) for rule in self.coverage.rule_calls
-                    if rule.call.output._version != rule.call.version}
-        if modified:
-            copies.update(modified)
+        if not self.adopt(outputs):
             del outputs
             self.clear()
             with self:
                 outputs = run()
+            self.adopt(outputs)
+        return outputs
+
+    def prepare(self) -> None:
+        """Before a forward is recorded: modules known to have their outputs changed in place hand copies."""
+        self.recorder.copy_outputs = _COPY_OUTPUTS.setdefault(self.model, set())
+
+    def adopt(self, outputs: Tensor) -> bool:
+        """After a forward recorded with ``with tape:`` (here, or by the training step itself): False if the
+        model changed a recorded output in place (those modules hand a copy from the next forward on);
+        else the batch dims are confirmed and the plan is ready."""
+        modified = {id(rule.call.module) for rule in self.coverage.rule_calls
+                    if rule.call.output._version != rule.call.version}
+        if modified:
+            _COPY_OUTPUTS.setdefault(self.model, set()).update(modified)
+            return False
         if self._confirm_batch_dims(outputs):
             self.plan = plan_coverage(self.recorder, self.params, outputs.shape[0])
-        return outputs
+        return True
 
     def _confirm_batch_dims(self, outputs: Tensor) -> bool:
         """Mark the calls and uses whose tensors only look batch-first; True if any was marked.

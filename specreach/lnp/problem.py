@@ -50,6 +50,8 @@ class MeasurementProblem:
     ignore_index: IgnoreIndex = "auto"
     #: the ranks of a data-parallel step, whose shards make the global batches (None: this process alone)
     ranks: Ranks | None = None
+    #: the training step's own recorded forward on A (see specreach.lnp.step_forward), when usable
+    step_forward: Any = None
 
     @property
     def full_batch(self) -> bool:
@@ -224,9 +226,9 @@ def forward(model: nn.Module, inputs: Any, which: str) -> Tensor:
     The measured function must be deterministic (D, L and N from one function): a forward that
     draws from the global random generator even in eval mode is refused.
     """
-    rng_states = _rng_states(model)
+    before = rng_states(model)
     outputs = call_model(model, inputs)
-    if not all(torch.equal(before, after) for before, after in zip(rng_states, _rng_states(model))):
+    if not all(torch.equal(a, b) for a, b in zip(before, rng_states(model))):
         raise ValueError(
             f"the model's forward on batch {which} draws random numbers even in eval mode, so each forward is a "
             "different function and D, L and N would not come from one; make the forward deterministic in "
@@ -257,7 +259,7 @@ def refuse_reentrant_checkpoints(outputs: Tensor) -> None:
         stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
 
 
-def _rng_states(model: nn.Module) -> list[Tensor]:
+def rng_states(model: nn.Module) -> list[Tensor]:
     states = [torch.get_rng_state()]
     for device in {p.device for p in model.parameters() if p.device.type == "cuda"}:
         states.append(torch.cuda.get_rng_state(device))
