@@ -306,6 +306,7 @@ class RunSession:
     def train(self) -> dict[str, float]:
         """Steps from the resumed position to the end; returns the final evaluation."""
         run, model, monitor = self.spec, self.model, self.monitor
+        assert monitor is not None, "the session is prepared before it trains"
         stream = batches(self.data, run, self.step)
         last_finite: tuple[int, float] | None = None
         for step in range(self.step, self.steps):

@@ -164,7 +164,9 @@ def _joined(stack: bool) -> Callable[[_Call], Layout | None]:
         layouts = {call.layout_of(t) for t in tensors if call.is_batch_data(t)}
         if len(layouts) != 1 or None in layouts:
             return None
-        (d, rows), ndim = layouts.pop(), max(t.dim() for t in tensors)
+        found = layouts.pop()
+        assert found is not None  # excluded above
+        (d, rows), ndim = found, max(t.dim() for t in tensors)
         dim = call.at(1, "dim", 0) % (ndim + stack)
         if stack:
             return d + (dim <= d), rows
@@ -325,7 +327,8 @@ _RULES: dict[Any, Callable[[_Call], Layout | None]] = {
                     _broadcast),
     **dict.fromkeys((torch.permute, _T.permute, torch.transpose, _T.transpose, torch.swapaxes, _T.swapaxes,
                      torch.swapdims, _T.swapdims, torch.movedim, _T.movedim, torch.moveaxis, _T.moveaxis, torch.t,
-                     _T.t, _T.T.__get__, _T.mT.__get__, _T.mH.__get__, _T.H.__get__, torch.adjoint, _T.adjoint),
+                     _T.t, _T.T.__get__, _T.mT.__get__, _T.mH.__get__, _T.H.__get__,  # type: ignore[attr-defined]
+                     torch.adjoint, _T.adjoint),
                     _rearranged),
     **dict.fromkeys((torch.unbind, _T.unbind, torch.select, _T.select), _removes),
     **dict.fromkeys((torch.split, _T.split, torch.chunk, _T.chunk, torch.tensor_split, _T.tensor_split,

@@ -155,7 +155,7 @@ def _batch_size_of(args: tuple) -> int | None:
     return None
 
 
-def is_batched(value: Any, n: int) -> bool:
+def is_batched(value: Any, n: int | None) -> bool:
     return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n
 
 
@@ -326,7 +326,12 @@ class ForwardRecorder:
         """Where each result (and the operand an in-place function changed) holds the samples."""
         changed = [args[0]] if args and isinstance(args[0], Tensor) and _in_place(func) else []
         values = [v for v in [*pytree.tree_leaves(output), *changed] if isinstance(v, Tensor) and v.dim() > 0]
-        found = {id(v): layout(func, args, kwargs, v, self.n, self.layout, self.is_batch_data) for v in values}
+        n = self.n
+        if n is None:  # no batch seen yet: nothing holds samples
+            for value in values:
+                self.layouts.pop(id(value), None)
+            return
+        found = {id(v): layout(func, args, kwargs, v, n, self.layout, self.is_batch_data) for v in values}
         for value in values:
             self._note_layout(value, found[id(value)])
 

@@ -7,6 +7,8 @@ autograd per configuration it claims in ``tests/test_layer_rules.py``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,7 +32,7 @@ def batch_norm(layer: nn.modules.batchnorm._BatchNorm, activations: list[Tensor]
 
 def transposed_linear(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> dict:
     """y = x W + b with W of shape (in, out) (Hugging Face's ``Conv1D``): per sample Σ_t x_t g_tᵀ and Σ_t g_t."""
-    weight, bias = layer.weight, getattr(layer, "bias", None)
+    weight, bias = cast(Tensor, layer.weight), getattr(layer, "bias", None)
     n = backprops.shape[0]
     inputs = activations[0].reshape(n, -1, weight.shape[0]).to(backprops.dtype)
     g = backprops.reshape(n, -1, weight.shape[1])

@@ -49,9 +49,9 @@ def counted_positions(loss_fn: Any, outputs: Tensor, targets: Any, output_grad: 
         mask = _aligned(loss_mask.to(torch.bool), outputs, f"loss_mask_{which.lower()}")
         _check_ignored(output_grad, mask, f"loss_mask_{which.lower()}", which)
         return None if bool(mask.all()) else mask
-    mask = _not_ignored(loss_fn, outputs, targets, output_grad, which, ignore_index)
-    _refuse_unread_positions(loss_fn, outputs, targets, output_grad, mask, which)
-    return mask
+    counted = _not_ignored(loss_fn, outputs, targets, output_grad, which, ignore_index)
+    _refuse_unread_positions(loss_fn, outputs, targets, output_grad, counted, which)
+    return counted
 
 
 def counts_nothing(loss_fn: Any, targets: Any, ignore_index: IgnoreIndex = "auto", loss_mask: Tensor | None = None) -> bool:

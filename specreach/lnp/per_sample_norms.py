@@ -194,7 +194,8 @@ class PerSampleNormTape:
         """
         for rule in self.coverage.rule_calls:
             call = rule.call
-            if rule.vjp or applicable_rule(call.module).method != "linear" or call.output is not outputs:
+            layer_rule = applicable_rule(call.module)
+            if rule.vjp or layer_rule is None or layer_rule.method != "linear" or call.output is not outputs:
                 continue
             calls_of_module = [c for c in self.recorder.calls if c.module is call.module]
             own = [p for p in call.module.parameters(recurse=False) if id(p) in self.param_names]
@@ -352,7 +353,7 @@ class PerSampleNormTape:
         weight, bias = module.weight, getattr(module, "bias", None)
         if weight is not None and id(weight) in planned:
             normalize = torch.nn.functional.rms_norm if rms else torch.nn.functional.layer_norm
-            normalized = self._once(rule, "normalized", lambda: normalize(rule.call.args[0], shape, eps=module.eps))
+            normalized = self._once(rule, "normalized", lambda: normalize(rule.call.args[0], shape, eps=cast(float, module.eps)))
             yield weight, (normalized * backprop).reshape(n, -1, *weight.shape).sum(dim=1), False
         if bias is not None and id(bias) in planned:
             yield bias, backprop.reshape(n, -1, *bias.shape).sum(dim=1), False
