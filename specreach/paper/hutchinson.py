@@ -144,7 +144,8 @@ def _draw_estimates(ax, spec: str, entry: dict) -> None:
         ax.plot(np.full(len(values), k), values, ".", color="gray", alpha=0.4, ms=4)
     means = np.array([v["mean_chi_net"] for v in by_k]) / reference
     sds = np.array([v["cv"] * v["mean_chi_net"] for v in by_k]) / reference
-    ax.errorbar(ks, means, yerr=sds, fmt="o", capsize=3, label=f"mean ± sd of {entry['draws']} draws (gray: each draw)")
+    each = " (gray: each draw)" if any(v.get("chi_net_draws") for v in by_k) else ""
+    ax.errorbar(ks, means, yerr=sds, fmt="o", capsize=3, label=f"mean ± sd of {entry['draws']} draws{each}")
     ax.axhline(1.0, color="black", lw=0.8, ls=":", label="mean of all draws at every K")
     ax.set(xscale="log", xlabel="probes K", ylabel="χ_net estimate / mean of all draws",
            title=f"{spec}: trained {entry['run']}, {entry['batch_samples']} training samples")
