@@ -563,6 +563,8 @@ def with_values(spec: "Spec", assignments: dict[str, Any], what: str = "sweep") 
         return spec
     data = spec.model_dump(mode="json")
     data["sweep"] = {}  # applied: the copy is one member of the sweep
+    if "lr" not in spec.train.model_fields_set:
+        del data["train"]["lr"]  # still unset, so that the presets' rates apply (expand)
     if what == "train.seed_params":
         data["train"]["seed_params"] = {}  # applied for one seed
     for key, value in assignments.items():
