@@ -152,14 +152,14 @@ def rank_main(run: RunSpec, threads: int, progress_bar: bool) -> RunResult:
     dist.init_process_group(backend_for(device))
     rank = dist.get_rank()
     stop_file = run.output_dir / STOP_FILE
-    last = {"looked": 0.0, "stop": False}
+    looked, stopped = [0.0], [False]
 
-    def should_stop() -> bool:
+    def should_stop() -> bool:  # a stat five times a second at most
         now = time.monotonic()
-        if not last["stop"] and now - last["looked"] >= POLL_SECONDS:
-            last["looked"] = now
-            last["stop"] = stop_file.exists()
-        return last["stop"]
+        if not stopped[0] and now - looked[0] >= POLL_SECONDS:
+            looked[0] = now
+            stopped[0] = stop_file.exists()
+        return stopped[0]
 
     try:
         return RunSession(run, should_stop, progress_bar=progress_bar and rank == 0, lock=False).run()

@@ -43,7 +43,7 @@ from specreach.engine.locks import FolderBusy, FolderLock
 from specreach.engine.monitor import LNPMonitor, MonitorConfig
 from specreach.engine.progress import Progress
 from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
-from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
+from specreach.engine.runs import RunResult, RunSpec, Status, code_version, fingerprint
 from specreach.engine.sinks import MlflowSink, RunStart, Sink, Sinks, TableSink
 from specreach.lnp.distributed import Ranks
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
@@ -469,7 +469,7 @@ class RunSession:
 
     # --- finish ------------------------------------------------------------------------------
 
-    def finish(self, status: str, message: str, final: dict[str, float] | None = None, *,
+    def finish(self, status: Status, message: str, final: dict[str, float] | None = None, *,
                flush: bool = True) -> RunResult:
         """Record how the run ended, in every sink. ``flush``: False after a hard stop, whose rows
         after the last checkpoint are recomputed by the resumed run."""
