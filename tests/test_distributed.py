@@ -352,3 +352,21 @@ def test_a_killed_rank_brings_the_run_back_from_its_last_checkpoint(tmp_path, on
     (run,) = [r for r in read_runs(uri, "tiny") if r["name"] == "s-seed0"]
     assert run["status"] == "FINISHED"
     assert sorted(step for step, _ in metric_history(uri, run["run_id"], "loss")) == list(range(60))
+
+
+def test_a_data_parallel_run_as_a_ray_task_records_what_one_process_does(tmp_path):
+    """A local Ray instance gives the run's task its CPUs (shared by both ranks); the task launches the ranks
+    as the engine does anywhere, and the table is one process's."""
+    pytest.importorskip("ray")
+    from engine_helpers import cli, write_spec
+
+    one = run_cli(engine_spec(12), tmp_path / "one")
+    directory = tmp_path / "ray"
+    directory.mkdir()
+    done = cli("run", write_spec(directory, engine_spec(12, processes=2)), "execution.kind=ray",
+               "execution.params.local_cpus=2", "execution.params.cpus_per_run=2", "--output", directory / "out",
+               timeout=900, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = directory / "out" / "tiny" / "runs" / "s-seed0"
+    assert json.loads((folder / "status.json").read_text())["status"] == "FINISHED"
+    assert_close_tables(folder / "metrics.csv", one / "metrics.csv")

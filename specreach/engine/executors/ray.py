@@ -136,7 +136,7 @@ class RayExecutor(Executor):
                 check_listening(params.address)
                 ray.init(address=params.address, logging_level="warning")
         try:
-            task = ray.remote(run_task).options(max_retries=params.max_retries, retry_exceptions=False)
+            task = ray.remote(run_task)
             from ray.util.queue import Queue
 
             events = Queue(actor_options={"num_cpus": 0})
@@ -159,7 +159,9 @@ class RayExecutor(Executor):
                     while (run := plan.next_ready()) is not None:
                         run.output_dir.mkdir(parents=True, exist_ok=True)
                         (run.output_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier Ctrl-C
-                        in_flight[task.options(**task_resources(run, params)).remote(run, threads, events)] = run
+                        options = task.options(max_retries=params.max_retries, retry_exceptions=False,
+                                               **task_resources(run, params))
+                        in_flight[options.remote(run, threads, events)] = run
                 if not in_flight:
                     break
                 finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
