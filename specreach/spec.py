@@ -127,6 +127,16 @@ class DataSection(Strict):
         return self
 
 
+class DistributedSection(Strict):
+    """One run trained data-parallel over local processes (``torch.distributed``, launched by its elastic
+    launcher): each process takes an equal shard of every global batch; rank 0 alone writes the run."""
+
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "Processes that train the run together (data-parallel, DistributedDataParallel): gloo on CPU, one GPU "
+        "each with NCCL when train.device is cuda. train.batch_size stays the global batch and must divide "
+        "evenly among them. 1: one process."))
+
+
 class TrainSection(Strict):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warmup).")
     lr_per_size: dict[str, float] = Field(default_factory=dict, description="Learning rate per size name.")
@@ -156,6 +166,8 @@ class TrainSection(Strict):
         "Torch CPU threads for the run (default: torch's). 1 avoids oversubscription when several runs "
         "share the cores; small models gain little from more."))
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description=(
+        "Train this run data-parallel over several local processes (see docs/scaling.md)."))
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
     checkpoint_every: int | None = Field(None, ge=1, description=(
         "Also write a checkpoint every N steps. Without it a run still checkpoints after every run of "
@@ -218,6 +230,19 @@ class TrainSection(Strict):
         if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", value):
             raise ValueError(f"device '{value}' is not one of auto, cpu, cuda, cuda:N, mps, xpu, xpu:N")
         return value
+
+    @model_validator(mode="after")
+    def _shards_are_even(self):
+        """DDP averages the ranks' mean gradients: that is the global batch's mean only for equal shards."""
+        processes = self.distributed.processes
+        if processes > 1:
+            if self.batch_size % processes:
+                raise ValueError(f"train.batch_size: {self.batch_size} does not divide evenly among the "
+                                 f"{processes} processes of train.distributed; give a multiple of {processes}")
+            if self.device != "auto" and not re.fullmatch(r"cpu|cuda", self.device):
+                raise ValueError(f"train.device: {self.device} with train.distributed.processes {processes}: each "
+                                 "process takes one device of its own (GPU i for local rank i); give cuda, cpu or auto")
+        return self
 
     @model_validator(mode="after")
     def _mixed_precision_keeps_float32_weights(self):
@@ -475,6 +500,10 @@ class Spec(Strict):
         pool = min((size, key) for key, size in sizes.items() if isinstance(size, int)) if any(
             isinstance(size, int) for size in sizes.values()) else None
         batch = measure.batch_size or self.train.batch_size
+        processes = self.train.distributed.processes
+        if batch % processes:
+            raise ValueError(f"measure.batch_size: {batch} does not divide evenly among the {processes} processes of "
+                             f"train.distributed (each measures its shard of B); give a multiple of {processes}")
         if pool is not None and batch > pool[0]:
             given = f"{batch}" if measure.batch_size else f"unset, so train.batch_size ({batch}),"
             raise ValueError(f"measure.batch_size: {given} is more than the {pool[0]} samples of the validation "
