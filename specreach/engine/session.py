@@ -221,7 +221,8 @@ class RunSession:
         self.monitor = LNPMonitor(
             self.model, self.loss_fn, pool if run.measure.cross_batch or run.measure.fixed_batch else None, MonitorConfig(
                 total_steps=self.steps, schedule=run.measure.schedule, estimator=run.measure.estimator,
-                probes=run.measure.probes, estimator_options=run.measure.options,
+                probes=run.measure.probes, target_rse=run.measure.target_rse, max_probes=run.measure.max_probes,
+                estimator_options=run.measure.options,
                 batch_size=run.measure.batch_size or run.train.batch_size, cross_batch=run.measure.cross_batch,
                 fixed_batch=run.measure.fixed_batch,
                 seed=run.seed, enabled=run.measure.enabled, reuse_step_gradient=run.train.precision == "fp32",
