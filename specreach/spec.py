@@ -306,6 +306,12 @@ class MeasureSection(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
     probes: int | None = Field(None, ge=1, le=MAX_PROBES, description=(
         "Probes per batch (estimators that draw probes). Each costs about a third of a training step."))
+    target_rse: float | None = Field(None, gt=0, lt=1, description=(
+        "Adaptive K: each measurement's probes planned from the previous one's error so that N (and with it P) has "
+        "this relative standard error, e.g. 0.02; `probes` is then K of the first measurement. K is fixed before its "
+        "probes are drawn, so each reported standard error stays that of K independent probes. Logged per "
+        "measurement as probes_a / probes_b."))
+    max_probes: int = Field(32, ge=2, le=MAX_PROBES, description="The most probes per batch an adaptive K plans.")
     schedule: LogWindows | EveryWindows | list[int] = Field(default_factory=LogWindows, description=(
         "Log-spaced windows `{initial_steps, windows, steps_per_window}`, uniform windows "
         "`{every, steps_per_window}`, or an explicit list of steps."))
@@ -338,6 +344,9 @@ class MeasureSection(Strict):
             estimator.params(**self.options)
         if self.probes is not None and not estimator.attribute("uses_probes", False):
             raise ValueError(f"estimator '{self.estimator}' draws no probes; remove 'probes'")
+        if self.target_rse is not None and not estimator.attribute("uses_probes", False):
+            raise ValueError(f"estimator '{self.estimator}' draws no probes, so it has no probe error to target; "
+                             "remove 'target_rse'")
         return self
 
 

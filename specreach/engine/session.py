@@ -254,7 +254,8 @@ class RunSession:
         self.monitor = LNPMonitor(
             self.trained, self.loss_fn, pool if run.measure.cross_batch or run.measure.fixed_batch else None, MonitorConfig(
                 total_steps=self.steps, schedule=run.measure.schedule, estimator=run.measure.estimator,
-                probes=run.measure.probes, estimator_options=run.measure.options,
+                probes=run.measure.probes, target_rse=run.measure.target_rse, max_probes=run.measure.max_probes,
+                estimator_options=run.measure.options,
                 # per rank: the monitor draws B as this many samples from each rank, one draw for all
                 batch_size=(run.measure.batch_size or run.train.batch_size) // shards,
                 cross_batch=run.measure.cross_batch,
