@@ -127,6 +127,16 @@ class DataSection(Strict):
         return self
 
 
+class DistributedSection(Strict):
+    """One run trained data-parallel over local processes (``torch.distributed``, launched by its elastic
+    launcher): each process takes an equal shard of every global batch; rank 0 alone writes the run."""
+
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "Processes that train the run together (data-parallel, DistributedDataParallel): gloo on CPU, one GPU "
+        "each with NCCL when train.device is cuda. train.batch_size stays the global batch and must divide "
+        "evenly among them. 1: one process."))
+
+
 class TrainSection(Strict):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warmup).")
     lr_per_size: dict[str, float] = Field(default_factory=dict, description="Learning rate per size name.")
@@ -156,6 +166,8 @@ class TrainSection(Strict):
         "Torch CPU threads for the run (default: torch's). 1 avoids oversubscription when several runs "
         "share the cores; small models gain little from more."))
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="Parameter dtype.")
+    distributed: DistributedSection = Field(default_factory=DistributedSection, description=(
+        "Train this run data-parallel over several local processes (see docs/scaling.md)."))
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the validation pool every N steps.")
     checkpoint_every: int | None = Field(None, ge=1, description=(
         "Also write a checkpoint every N steps. Without it a run still checkpoints after every run of "
@@ -220,6 +232,19 @@ class TrainSection(Strict):
         return value
 
     @model_validator(mode="after")
+    def _shards_are_even(self):
+        """DDP averages the ranks' mean gradients: that is the global batch's mean only for equal shards."""
+        processes = self.distributed.processes
+        if processes > 1:
+            if self.batch_size % processes:
+                raise ValueError(f"train.batch_size: {self.batch_size} does not divide evenly among the "
+                                 f"{processes} processes of train.distributed; give a multiple of {processes}")
+            if self.device != "auto" and not re.fullmatch(r"cpu|cuda", self.device):
+                raise ValueError(f"train.device: {self.device} with train.distributed.processes {processes}: each "
+                                 "process takes one device of its own (GPU i for local rank i); give cuda, cpu or auto")
+        return self
+
+    @model_validator(mode="after")
     def _mixed_precision_keeps_float32_weights(self):
         if self.precision == "bf16-mixed" and self.dtype != "float32":
             raise ValueError(f"precision bf16-mixed autocasts a float32 model; dtype {self.dtype} leaves nothing to "
@@ -281,6 +306,12 @@ class MeasureSection(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="The estimator's own parameters.")
     probes: int | None = Field(None, ge=1, le=MAX_PROBES, description=(
         "Probes per batch (estimators that draw probes). Each costs about a third of a training step."))
+    target_rse: float | None = Field(None, gt=0, lt=1, description=(
+        "Adaptive K: each measurement's probes planned from the previous one's error so that N (and with it P) has "
+        "this relative standard error, e.g. 0.02; `probes` is then K of the first measurement. K is fixed before its "
+        "probes are drawn, so each reported standard error stays that of K independent probes. Logged per "
+        "measurement as probes_a / probes_b."))
+    max_probes: int = Field(32, ge=2, le=MAX_PROBES, description="The most probes per batch an adaptive K plans.")
     schedule: LogWindows | EveryWindows | list[int] = Field(default_factory=LogWindows, description=(
         "Log-spaced windows `{initial_steps, windows, steps_per_window}`, uniform windows "
         "`{every, steps_per_window}`, or an explicit list of steps."))
@@ -313,6 +344,9 @@ class MeasureSection(Strict):
             estimator.params(**self.options)
         if self.probes is not None and not estimator.attribute("uses_probes", False):
             raise ValueError(f"estimator '{self.estimator}' draws no probes; remove 'probes'")
+        if self.target_rse is not None and not estimator.attribute("uses_probes", False):
+            raise ValueError(f"estimator '{self.estimator}' draws no probes, so it has no probe error to target; "
+                             "remove 'target_rse'")
         return self
 
 
@@ -475,6 +509,10 @@ class Spec(Strict):
         pool = min((size, key) for key, size in sizes.items() if isinstance(size, int)) if any(
             isinstance(size, int) for size in sizes.values()) else None
         batch = measure.batch_size or self.train.batch_size
+        processes = self.train.distributed.processes
+        if batch % processes:
+            raise ValueError(f"measure.batch_size: {batch} does not divide evenly among the {processes} processes of "
+                             f"train.distributed (each measures its shard of B); give a multiple of {processes}")
         if pool is not None and batch > pool[0]:
             given = f"{batch}" if measure.batch_size else f"unset, so train.batch_size ({batch}),"
             raise ValueError(f"measure.batch_size: {given} is more than the {pool[0]} samples of the validation "
@@ -563,6 +601,8 @@ def with_values(spec: "Spec", assignments: dict[str, Any], what: str = "sweep") 
         return spec
     data = spec.model_dump(mode="json")
     data["sweep"] = {}  # applied: the copy is one member of the sweep
+    if "lr" not in spec.train.model_fields_set:
+        del data["train"]["lr"]  # still unset, so that the presets' rates apply (expand)
     if what == "train.seed_params":
         data["train"]["seed_params"] = {}  # applied for one seed
     for key, value in assignments.items():

@@ -147,3 +147,21 @@ def test_invalid_parameters(tmp_path):
     write_cifar5m_parts(tmp_path, sizes=(4,))
     with pytest.raises(ValueError, match="fewer than validation_size"):
         Cifar5m(directory=tmp_path, train_parts=(0,), validation_part=0, validation_size=5).validation_pool()
+
+
+@pytest.mark.parametrize("name", ["vit-cifar5m", "vit-cifar5m-mup"])
+def test_vit_specs_train_on_five_parts_and_hold_out_the_test_part(tmp_path, name):
+    """Appendix B.2.2: 5M training and 1M test images. The ViT specs train on parts 0-4 and take
+    their validation pool from part 5, which no training batch reads."""
+    from pathlib import Path
+
+    from specreach import load_spec
+
+    params = dict(load_spec(Path(__file__).resolve().parents[1] / "specs" / f"{name}.yaml").data.params)
+    write_cifar5m_parts(tmp_path, sizes=(3, 4, 3, 5, 4, 6))
+    params.update(directory=tmp_path, validation_size=2)  # the spec's split on tiny parts
+    source = Cifar5m(**params)
+    assert source.info().train_samples == 3 + 4 + 3 + 5 + 4
+    seen = {marker for batch in source.train_batches(1, data_seed=0) for marker in markers(batch[0])}
+    assert {part for part, _ in seen} == {0, 1, 2, 3, 4}
+    assert markers(source.validation_pool()[0]) == [(5, 4), (5, 5)]

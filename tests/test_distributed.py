@@ -3,6 +3,8 @@ a timeout), each measuring its shards with a DistributedDataParallel model; ever
 one process measures on the concatenated batches (``lnp-math.md`` §9)."""
 
 import csv
+import os
+import signal
 import json
 import math
 import subprocess
@@ -211,3 +213,160 @@ def test_a_fully_sharded_model_is_refused_on_every_rank_with_what_to_use(tmp_pat
     assert len(messages) == 2
     for message in messages:
         assert "sharded across ranks (FSDP" in message and "Measure a DistributedDataParallel model" in message
+
+
+# --- the engine: one run of a spec, trained data-parallel (train.distributed) ------------------------------
+
+def engine_spec(steps: int = 12, processes: int = 1) -> dict:
+    """The tiny spec, one size, the exact estimator (Hutchinson's probes are drawn per rank, so only the exact
+    components can equal one process's to float precision)."""
+    from engine_helpers import TINY_SPEC
+
+    measure = {key: value for key, value in TINY_SPEC["measure"].items() if key != "probes"}
+    train = {**TINY_SPEC["train"], "threads": 1, "steps": steps}
+    if processes > 1:
+        train["distributed"] = {"processes": processes}
+    return {**TINY_SPEC, "model": {**TINY_SPEC["model"], "sizes": {"s": {"hidden": 8, "ff": 16}}},
+            "train": train, "measure": {**measure, "estimator": "exact"}, "tracking": {"sinks": ["mlflow"]}}
+
+
+def assert_close_tables(got_path: Path, expected_path: Path, rel: float = 1e-5) -> None:
+    """Row for row, the same columns and values to ``rel`` (float32 arithmetic summed in another order);
+    a change of the loss on B, a difference of two close losses, to ``rel`` of the loss itself."""
+    from specreach.engine.metrics_table import read_table
+
+    got, expected = read_table(got_path), read_table(expected_path)
+    assert [row["step"] for row in got] == [row["step"] for row in expected]
+    for row_got, row_expected in zip(got, expected):
+        assert set(row_got) == set(row_expected), row_expected["step"]
+        for key, value in row_expected.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(row_got[key]), key
+            elif key == "delta_loss_b":
+                assert row_got[key] == pytest.approx(value, abs=rel * abs(row_expected["loss_b"])), key
+            elif isinstance(value, (int, float)):
+                assert row_got[key] == pytest.approx(value, rel=rel, abs=1e-12), (row_expected["step"], key)
+            else:
+                assert row_got[key] == value, key
+
+
+def run_cli(spec: dict, directory: Path) -> Path:
+    from engine_helpers import cli, write_spec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "out"
+    done = cli("run", write_spec(directory, spec), "--output", out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / "tiny" / "runs" / "s-seed0"
+
+
+@pytest.fixture(scope="module")
+def one_process_long(tmp_path_factory):
+    return run_cli(engine_spec(60), tmp_path_factory.mktemp("one-long"))
+
+
+def test_the_engine_trains_one_run_over_two_processes_as_one_process_does(tmp_path):
+    """``train.distributed.processes: 2``: the same data order and global batches, so the same metrics table
+    (loss, every LNP component, the loss on B before and after the update, evaluations) as one process."""
+    from specreach.tracking import read_runs
+
+    one = run_cli(engine_spec(12), tmp_path / "one")
+    two = run_cli(engine_spec(12, processes=2), tmp_path / "two")
+    assert_close_tables(two / "metrics.csv", one / "metrics.csv")
+    assert json.loads((two / "status.json").read_text())["status"] == "FINISHED"
+    assert (two / "final.pt").exists() and not (two / "checkpoint.pt").exists()
+    assert sorted(path.name for path in two.parent.iterdir()) == ["s-seed0"]  # no rank wrote a folder of its own
+    (run,) = [r for r in read_runs(f"sqlite:///{two.parent.parent / 'mlflow.db'}", "tiny") if r["name"] == "s-seed0"]
+    assert run["status"] == "FINISHED"
+    from specreach.tracking import metric_history
+
+    assert sorted(step for step, _ in metric_history(f"sqlite:///{two.parent.parent / 'mlflow.db'}", run["run_id"],
+                                                     "loss")) == list(range(12))  # once each: rank 0 alone logs
+
+
+def rank_processes(pid: int) -> list[int]:
+    """The ranks the engine's elastic launcher started below ``pid`` (spawned interpreters), in start order."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"spawn_main" in command:
+                found.append(child)
+    return sorted(found)
+
+
+def test_a_stopped_data_parallel_run_resumes_and_ends_as_one_process(tmp_path, one_process_long):
+    """SIGINT to the engine: both ranks stop at the same step boundary, rank 0 checkpoints, the run is KILLED;
+    --resume finishes it, each step recorded once, the table as one uninterrupted process's."""
+    from engine_helpers import start_cli, table_rows, wait_until, write_spec
+    from specreach.tracking import metric_history, read_runs
+
+    out = tmp_path / "out"
+    folder = out / "tiny" / "runs" / "s-seed0"
+    process = start_cli("run", write_spec(tmp_path, engine_spec(60, processes=2)), "--output", out)
+    wait_until(lambda: table_rows(folder) > 15, what="rows")
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-3000:]
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "KILLED" and 15 < status["step"] < 60, status
+    assert (folder / "checkpoint.pt").exists() and not (folder / "stop").exists()
+
+    from engine_helpers import cli
+
+    resumed = cli("run", "--resume", out / "tiny")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_close_tables(folder / "metrics.csv", one_process_long / "metrics.csv")
+    uri = f"sqlite:///{out / 'tiny' / 'mlflow.db'}"
+    (run,) = [r for r in read_runs(uri, "tiny") if r["name"] == "s-seed0"]
+    assert run["status"] == "FINISHED"
+    assert sorted(step for step, _ in metric_history(uri, run["run_id"], "loss")) == list(range(60))
+
+
+def test_a_killed_rank_brings_the_run_back_from_its_last_checkpoint(tmp_path, one_process_long):
+    """SIGKILL to one rank mid-run: the launcher starts the ranks again from the last checkpoint, and the run
+    finishes with every step recorded once, as one uninterrupted process."""
+    from engine_helpers import start_cli, table_rows, wait_until, write_spec
+    from specreach.tracking import metric_history, read_runs
+
+    out = tmp_path / "out"
+    folder = out / "tiny" / "runs" / "s-seed0"
+    process = start_cli("run", write_spec(tmp_path, engine_spec(60, processes=2)), "--output", out)
+    wait_until(lambda: (folder / "checkpoint.pt").exists() and table_rows(folder) > 15, what="a checkpoint")
+    ranks = rank_processes(process.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)
+    assert process.poll() is None  # the engine outlives its rank
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert json.loads((folder / "status.json").read_text())["status"] == "FINISHED"
+    assert_close_tables(folder / "metrics.csv", one_process_long / "metrics.csv")
+    uri = f"sqlite:///{out / 'tiny' / 'mlflow.db'}"
+    (run,) = [r for r in read_runs(uri, "tiny") if r["name"] == "s-seed0"]
+    assert run["status"] == "FINISHED"
+    assert sorted(step for step, _ in metric_history(uri, run["run_id"], "loss")) == list(range(60))
+
+
+def test_a_data_parallel_run_as_a_ray_task_records_what_one_process_does(tmp_path):
+    """A local Ray instance gives the run's task its CPUs (shared by both ranks); the task launches the ranks
+    as the engine does anywhere, and the table is one process's."""
+    pytest.importorskip("ray")
+    from engine_helpers import cli, write_spec
+
+    one = run_cli(engine_spec(12), tmp_path / "one")
+    directory = tmp_path / "ray"
+    directory.mkdir()
+    done = cli("run", write_spec(directory, engine_spec(12, processes=2)), "execution.kind=ray",
+               "execution.params.local_cpus=2", "execution.params.cpus_per_run=2", "--output", directory / "out",
+               timeout=900, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = directory / "out" / "tiny" / "runs" / "s-seed0"
+    assert json.loads((folder / "status.json").read_text())["status"] == "FINISHED"
+    assert_close_tables(folder / "metrics.csv", one / "metrics.csv")

@@ -184,6 +184,8 @@ def test_hutchinson_convergence_from_repeated_draws_on_the_trained_model(tmp_pat
         # estimator widens it by t_ν/z on purpose, for coverage).
         if int(k) >= 8:
             assert 0.6 < entry["reported_relative_stderr"] / entry["cv"] < 1.6, k
+        assert len(entry["chi_net_draws"]) == 48 and np.mean(entry["chi_net_draws"]) == pytest.approx(
+            entry["mean_chi_net"])  # the top-left panel draws these
     # The draws are of the trained model on a fixed batch: their mean is χ_net of that batch.
     from specreach.paper.checkpoints import first_training_batch, trained
     from specreach.paper.runs import load_run
@@ -195,6 +197,32 @@ def test_hutchinson_convergence_from_repeated_draws_on_the_trained_model(tmp_pat
     assert draws_mean == pytest.approx(exact, rel=4 * convergence["by_probes"]["16"]["cv"] / 48 ** 0.5)
     assert set(summary["seed_agreement"]["tiny"]) == {"tiny | standard | s"}
     assert (tmp_path / "report" / "hutchinson_convergence.png").exists()
+
+
+def test_figure_6_has_two_top_panels_the_draws_and_their_coefficient_of_variation(tmp_path, monkeypatch):
+    """Top left: each draw against K around the mean of all draws; top right: the CV and its fit."""
+    from specreach.paper import plots
+
+    rng = np.random.default_rng(0)
+    by_probes = {}
+    for k in (1, 2, 4, 8):
+        values = 10.0 * (1 + rng.standard_normal(16) * 0.1 / k ** 0.5)
+        by_probes[str(k)] = {"cv": float(values.std(ddof=1) / values.mean()), "cv_stderr": 0.01,
+                             "mean_chi_net": float(values.mean()), "reported_relative_stderr": None,
+                             "chi_net_draws": values.tolist()}
+    entry = {"run": "r", "batch_samples": 4, "draws": 16, "by_probes": by_probes,
+             "fit_exponent": -0.5, "fit_prefactor": 0.1}
+    figures = []
+    monkeypatch.setattr(hutchinson, "save", lambda fig, path: figures.append(fig) or path)
+    hutchinson.plot_hutchinson({"convergence": {"spec": entry}, "seed_agreement": {}}, tmp_path / "f.png")
+    left, right = figures[0].axes
+    assert left.get_ylabel().startswith("χ_net estimate") and right.get_ylabel().startswith("coefficient of variation")
+    drawn = np.concatenate([line.get_ydata() for line in left.lines if line.get_marker() == "."])
+    assert len(drawn) == 4 * 16  # every draw
+    pooled = sum(int(k) * v["mean_chi_net"] for k, v in by_probes.items()) / 15
+    assert hutchinson.pooled_mean(entry) == pytest.approx(pooled)
+    assert np.allclose(sorted(drawn), sorted(np.concatenate([v["chi_net_draws"] for v in by_probes.values()]) / pooled))
+    plots.plt.close("all")
 
 
 def test_spectrum_figure_matches_the_measured_position(tmp_path):

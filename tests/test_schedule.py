@@ -16,7 +16,7 @@ def windows_of(steps: dict[int, int]) -> dict[int, list[int]]:
     return found
 
 
-# The paper's step counts: SimpleStories (66116) and CIFAR-5M next-pixel (42207), 20 windows × 50 steps
+# The paper's step counts: SimpleStories (66116) and CIFAR-5M next-pixel (42207); the specs' 20 windows × 50 steps
 # after the first 40 steps; and shapes where the log-spacing crowds the early windows.
 @pytest.mark.parametrize("total, initial, count, length", [
     (66116, 40, 20, 50), (42207, 40, 20, 50), (66116, 1, 20, 50), (42207, 0, 20, 50),

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from specreach.engine.probe_plan import ProbePlan
 from specreach.engine.schedule import measurement_steps
 from specreach.engine.sinks import Sink, as_sink
 from specreach.lnp.distributed import Ranks, unwrap
@@ -54,6 +55,7 @@ from specreach.lnp.measure import measure_lnp_at_step
 from specreach.lnp.problem import call_model, measured_function, upcast
 from specreach.lnp.result import LNPResult
 from specreach.lnp.step_forward import StepForward, record_step_forward
+from specreach.params.estimators import HutchinsonParams
 from specreach.spec import LogWindows
 
 
@@ -64,7 +66,11 @@ class MonitorConfig:
     total_steps: int
     schedule: Any = None  # a spec's measure.schedule (windows, or a list of steps); None: default log windows
     estimator: str = "hutchinson"
-    probes: int | None = None
+    probes: int | None = None  # K; with target_rse, K of the first measurement
+    # Adaptive K: each measurement's K planned from the last one's error for this relative standard error
+    # of N (and so of P), within [2, max_probes] (see specreach.engine.probe_plan).
+    target_rse: float | None = None
+    max_probes: int = 32
     estimator_options: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int | None = None  # measurement batch B (default: the training batch's size)
     cross_batch: bool = True  # B drawn from the validation pool; False: B = A
@@ -96,6 +102,8 @@ class LNPMonitor:
         self.batch_size = config.batch_size
         self.sink = as_sink(sink)
         self.probe_generator = torch.Generator().manual_seed(config.seed)
+        self.probe_plan = (ProbePlan(config.probes or HutchinsonParams.model_fields["probes"].default, config.target_rse, config.max_probes)
+                           if config.target_rse is not None else None)
         self.pool_generator = torch.Generator().manual_seed(config.seed + 1)
         self.last_result: LNPResult | None = None
         self._pending: dict[str, Any] | None = None
@@ -195,10 +203,13 @@ class LNPMonitor:
             result = measure_lnp_at_step(
                 self.model, self.loss_fn, batch, self._batch_b,
                 grad_a=grads if reuse else None, outputs_a=outputs if reuse else None,
-                estimator=config.estimator, probes=config.probes, generator=self.probe_generator,
+                estimator=config.estimator, generator=self.probe_generator,
+                probes=self.probe_plan.next if self.probe_plan is not None else config.probes,
                 verify=config.verify, step_forward=recorded if reuse else None, **dict(config.estimator_options),
             )
             self.last_result = result
+            if self.probe_plan is not None and result.probes is not None:
+                self.probe_plan.update(result.probes, result.network_magnitude, result.network_magnitude_stderr)
             row.update(window=self.schedule[step], **result.as_dict())
             if result.arrays and config.spectra_dir is not None:
                 self._save_spectrum(step, result)
@@ -243,11 +254,16 @@ class LNPMonitor:
                 self.sink.write(row)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
+        state = {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
+        if self.probe_plan is not None:
+            state["probe_plan"] = self.probe_plan.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probe_generator.set_state(state["probe_generator"])
         self.pool_generator.set_state(state["pool_generator"])
+        if self.probe_plan is not None and "probe_plan" in state:
+            self.probe_plan.load_state_dict(state["probe_plan"])
 
     def flush(self) -> None:
         """Write the pending row and make everything recorded durable (before a checkpoint, at the end)."""

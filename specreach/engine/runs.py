@@ -160,6 +160,8 @@ def computed(run: RunSpec) -> dict[str, Any]:
         what["train"].pop(key, None)
     for key in MEASURE_NOT_COMPUTED:
         what["measure"].pop(key, None)
+    if run.train.distributed.processes == 1:  # one process, as before the option existed: the same fingerprint
+        what["train"].pop("distributed", None)
     if run.backbone_checkpoint is not None:  # the trained run's final.pt: named relative to the runs folder
         try:
             what["backbone_checkpoint"] = str(Path(run.backbone_checkpoint).relative_to(run.output_dir.parent))

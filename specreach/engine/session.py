@@ -43,8 +43,9 @@ from specreach.engine.locks import FolderBusy, FolderLock
 from specreach.engine.monitor import LNPMonitor, MonitorConfig
 from specreach.engine.progress import Progress
 from specreach.engine.run_folder import DamagedFile, RunFolder, StatusSink, sync_folder
-from specreach.engine.runs import RunResult, RunSpec, code_version, fingerprint
+from specreach.engine.runs import RunResult, RunSpec, Status, code_version, fingerprint
 from specreach.engine.sinks import MlflowSink, RunStart, Sink, Sinks, TableSink
+from specreach.lnp.distributed import Ranks
 from specreach.lnp.probes import MeasurementStopped, stop_between_probes
 from specreach.engine.tasks import batch_problem, check_model_fits_data, loss_for, output_size
 from specreach.engine.training import (
@@ -82,6 +83,11 @@ def run_session(run: RunSpec, should_stop: Callable[[], bool] = never, *, thread
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        if run.train.distributed.processes > 1:  # launches the ranks, each of which runs a RunSession
+            from specreach.engine.distributed_run import launch
+
+            return launch(run, should_stop, threads=torch.get_num_threads(), progress_bar=progress_bar,
+                          report=report)
         return RunSession(run, should_stop, progress_bar=progress_bar, report=report).run()
     finally:
         torch.set_num_threads(before)
@@ -113,9 +119,17 @@ def load_checkpoint(path) -> dict[str, Any] | None:
 
 
 class RunSession:
+    """One run in this process; in a data-parallel run (``torch.distributed`` initialized by
+    :mod:`specreach.engine.distributed_run`), one rank of it: every rank trains its shard of each global
+    batch and measures, rank 0 alone writes (run folder, checkpoints, metrics, MLflow), and the launcher
+    holds the folder's lock for all of them (``lock=False``)."""
+
     def __init__(self, run: RunSpec, should_stop: Callable[[], bool] = never, *, progress_bar: bool = True,
-                 report: Callable[[dict], None] | None = None):
+                 report: Callable[[dict], None] | None = None, lock: bool = True):
         self.spec, self.should_stop, self.progress_bar, self.report = run, should_stop, progress_bar, report
+        self.lock = lock
+        self.ranks = Ranks.of()
+        self.writes = self.ranks is None or self.ranks.rank == 0
         self.folder = RunFolder(run.output_dir)
         self.fingerprint, self.code = fingerprint(run), code_version()
         self.sink: Sink | None = None
@@ -130,6 +144,8 @@ class RunSession:
 
     def run(self) -> RunResult:
         """setup → train → finish; every way a run can end passes through here."""
+        if not self.lock:
+            return self._locked_run()
         try:
             with FolderLock(self.folder.path, "run folder"):
                 return self._locked_run()
@@ -161,16 +177,21 @@ class RunSession:
             return self.finish("KILLED", f"interrupted at step {self.step}; resume with `specreach run --resume`")
         except Exception as error:  # whatever it is, it ends this run only
             return self.finish("FAILED", self._failure_message(error))
-        self.folder.prune_checkpoints(self.spec.train.keep_checkpoints)
+        if self.writes:
+            self.folder.prune_checkpoints(self.spec.train.keep_checkpoints)
         return self.finish("FINISHED", "", final)
 
     def _failure_message(self, error: BaseException) -> str:
         """The error in a line, with its traceback kept in the run folder."""
-        try:
-            self.folder.traceback.write_text("".join(traceback.format_exception(error)))
-            where = f" (traceback: {self.folder.traceback})"
-        except OSError:
-            where = ""
+        where = ""
+        if not self.writes:  # another rank's: its worker prints it, rank 0 keeps the run folder's
+            traceback.print_exception(error)
+        else:
+            try:
+                self.folder.traceback.write_text("".join(traceback.format_exception(error)))
+                where = f" (traceback: {self.folder.traceback})"
+            except OSError:
+                pass
         if type(error) in (ValueError, FileNotFoundError, FloatingPointError, OSError, DamagedFile):
             return f"{error}{where}"  # errors that explain themselves: bad input, a diverged run, a full disk
         return f"{type(error).__name__}: {error}{where}"
@@ -189,8 +210,11 @@ class RunSession:
 
     def setup(self, resume: dict[str, Any] | None) -> None:
         run = self.spec
-        self.folder.path.mkdir(parents=True, exist_ok=True)
+        if self.writes:
+            self.folder.path.mkdir(parents=True, exist_ok=True)
         self.device, self.dtype = resolve_device(run.train.device), DTYPES[run.train.dtype]
+        if self.ranks is not None and self.device.type == "cuda":  # one GPU per process, set by the launcher
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.data = build_data(run)
         info = self.data.info()
         pool = self.data.validation_pool()
@@ -209,6 +233,15 @@ class RunSession:
         self.optimizer = optimizer_for(self.model, run.recipe.parameterization, lr=run.train.lr, betas=run.train.betas,
                                        weight_decay=run.train.weight_decay, eps=run.train.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(run.train.warmup_steps))
+        # What trains: the model, or DDP around it (which averages the ranks' gradients in backward). The
+        # model itself is what is checkpointed, evaluated and saved: the same keys as a one-process run's.
+        self.trained = self.model
+        if self.ranks is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.trained = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        shards = self.ranks.size if self.ranks is not None else 1
         tags = {"specreach.spec": run.spec_name, "architecture": run.recipe.kind, "size": run.size,
                 "parameters": sum(p.numel() for p in self.model.parameters()), "trainable_parameters": trainable,
                 "seed": run.seed, "parameterization": run.recipe.parameterization.kind, "phase": run.phase,
@@ -217,12 +250,15 @@ class RunSession:
                 **{f"sweep.{key}": value for key, value in run.sweep.items()}}
 
         previous_run_id = resume["run_id"] if resume else self.folder.read_status().get("run_id")
-        self.sink = self._open_sinks(tags, previous_run_id)
+        self.sink = self._open_sinks(tags, previous_run_id) if self.writes else Sinks([])
         self.monitor = LNPMonitor(
-            self.model, self.loss_fn, pool if run.measure.cross_batch or run.measure.fixed_batch else None, MonitorConfig(
+            self.trained, self.loss_fn, pool if run.measure.cross_batch or run.measure.fixed_batch else None, MonitorConfig(
                 total_steps=self.steps, schedule=run.measure.schedule, estimator=run.measure.estimator,
-                probes=run.measure.probes, estimator_options=run.measure.options,
-                batch_size=run.measure.batch_size or run.train.batch_size, cross_batch=run.measure.cross_batch,
+                probes=run.measure.probes, target_rse=run.measure.target_rse, max_probes=run.measure.max_probes,
+                estimator_options=run.measure.options,
+                # per rank: the monitor draws B as this many samples from each rank, one draw for all
+                batch_size=(run.measure.batch_size or run.train.batch_size) // shards,
+                cross_batch=run.measure.cross_batch,
                 fixed_batch=run.measure.fixed_batch,
                 seed=run.seed, enabled=run.measure.enabled, reuse_step_gradient=run.train.precision == "fp32",
                 spectra_dir=self.folder.spectra, verify=run.measure.verify),
@@ -234,6 +270,8 @@ class RunSession:
         else:
             self.step = 0
             self.sink.load_state_dict({})  # a fresh start: nothing recorded by an earlier attempt stays
+        if not self.writes:
+            return
         self.mlflow.catch_up(self.table.table.rows)  # MLflow gets exactly the rows of the table, once
         self.folder.write_description({"name": run.name, **tags, "steps": self.steps, "sweep": run.sweep,
                                        "fingerprint": self.fingerprint, "code_version": self.code,
@@ -305,19 +343,23 @@ class RunSession:
 
     def train(self) -> dict[str, float]:
         """Steps from the resumed position to the end; returns the final evaluation."""
-        run, model, monitor = self.spec, self.model, self.monitor
+        run, model, monitor, ranks = self.spec, self.trained, self.monitor, self.ranks
         assert monitor is not None, "the session is prepared before it trains"
         stream = batches(self.data, run, self.step)
+        # A stop is agreed at step boundaries only: a rank that stopped alone, or between two probes, would
+        # leave the others waiting in a collective.
+        should_stop = self.should_stop if ranks is None else lambda: ranks.sum([float(self.should_stop())])[0] > 0
+        probe_stop = self.should_stop if ranks is None else never
         last_finite: tuple[int, float] | None = None
         for step in range(self.step, self.steps):
             self.step = step
             self.before_step = None
-            if self.should_stop():
+            if should_stop():
                 raise Interrupted
             if monitor.should_measure(step):  # a stop during the measurement goes back to here
                 self.before_step = self._state_before_step()
-                self.progress.measuring(step)
-            inputs, targets = (to_device(t, self.device, self.dtype) for t in next(stream))
+                self._progress("measuring", step)
+            inputs, targets = (to_device(t, self.device, self.dtype) for t in self._shard(next(stream)))
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(run.train.precision, self.device):
                 with monitor.record_forward(step):  # at a measured step, A's forward for the measurement
@@ -325,7 +367,9 @@ class RunSession:
                 loss = self.loss_fn(outputs, targets)
             monitor.keep(outputs, loss)
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
+            # Every rank judges the global batch's loss, so all of them stop on it together.
+            global_loss = loss_value if ranks is None else ranks.sum([loss_value])[0] / ranks.size
+            if not math.isfinite(global_loss):
                 bad_data = batch_problem(inputs, targets, self.data.info())
                 if bad_data:
                     raise ValueError(f"step {step}: the training batch of data '{run.data.kind}' for this step "
@@ -334,13 +378,13 @@ class RunSession:
                                      "learning rate: fix the data source")
                 previous = (f"last finite loss {last_finite[1]:.6g} at step {last_finite[0]}"
                             if last_finite is not None else "no finite loss before it")
-                raise FloatingPointError(f"step {step}: the training loss is {loss_value}; {previous}. "
+                raise FloatingPointError(f"step {step}: the training loss is {global_loss}; {previous}. "
                                          "Lower train.lr, add train.grad_clip or train.warmup_steps.")
-            last_finite = (step, loss_value)
+            last_finite = (step, global_loss)
             loss.backward(retain_graph=monitor.shares_forward(step))
             lr = self.scheduler.get_last_lr()[0]
             try:
-                with stop_between_probes(self.should_stop):
+                with stop_between_probes(probe_stop):
                     monitor.step(step, (inputs, targets), loss_value, outputs=outputs, lr=lr)
             except MeasurementStopped:
                 raise Interrupted from None
@@ -354,20 +398,32 @@ class RunSession:
                 monitor.record(step + 1, {"eval_loss": self._evaluate()})
             if self._checkpoint_due(step) and step + 1 < self.steps:
                 self.checkpoint(step + 1)
-            self.progress.update(step, loss_value, monitor.last_result.spectral_position
-                                 if monitor.last_result else None)
+            self._progress("update", step, global_loss, monitor.last_result.spectral_position
+                           if monitor.last_result else None)
         if self.final is not None:  # the checkpoint was written after the end: nothing is recorded twice
             return self.final
         self.step = self.steps
         final = {"eval_loss": self._evaluate()}
         monitor.record(self.steps, final)
-        if run.phase == "train":  # probes of a trained backbone load this
-            save_checkpoint(self.folder.final_model, model, self.recipe)
+        if run.phase == "train" and self.writes:  # probes of a trained backbone load this
+            save_checkpoint(self.folder.final_model, self.model, self.recipe)
         self.checkpoint(self.steps, final=final)
         return final
 
+    def _shard(self, batch):
+        """This rank's equal share of a global batch (all of it in one process): the ranks together train on
+        exactly the batch one process would."""
+        if self.ranks is None:
+            return batch
+        return tuple(t.tensor_split(self.ranks.size)[self.ranks.rank] for t in batch)
+
+    def _progress(self, what: str, *args) -> None:
+        if self.progress is not None:
+            getattr(self.progress, what)(*args)
+
     def _evaluate(self) -> float:
-        return evaluate(self.model, self.loss_fn, self.pool, self.monitor.batch_size, self.device, self.dtype)
+        batch = self.spec.measure.batch_size or self.spec.train.batch_size  # the global size, on every rank
+        return evaluate(self.model, self.loss_fn, self.pool, batch, self.device, self.dtype)
 
     def _checkpoint_due(self, step: int) -> bool:
         """After a window of measured steps, every checkpoint_every steps, every checkpoint_minutes."""
@@ -391,6 +447,8 @@ class RunSession:
         exactly what the checkpoint says was recorded. ``before_step``: the RNG states and buffers
         from the start of ``step`` (a measurement was abandoned half-way)."""
         self.monitor.flush()
+        if not self.writes:  # rank 0 writes it; every rank holds the same state
+            return
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "monitor": self.monitor.state_dict(),
                  "rng": torch.get_rng_state(), "step": step, "run_id": self.run_id, "sinks": self.sink.state_dict(),
@@ -416,12 +474,16 @@ class RunSession:
 
     # --- finish ------------------------------------------------------------------------------
 
-    def finish(self, status: str, message: str, final: dict[str, float] | None = None, *,
+    def finish(self, status: Status, message: str, final: dict[str, float] | None = None, *,
                flush: bool = True) -> RunResult:
         """Record how the run ended, in every sink. ``flush``: False after a hard stop, whose rows
         after the last checkpoint are recomputed by the resumed run."""
         final = final or {}
         details = {"step": self.step, "final": final}
+        if not self.writes:
+            if flush and self.monitor is not None:
+                self.monitor.flush()
+            return RunResult(self.spec.name, status, self.run_id, self.folder.path, message, final)
         try:
             if self.sink is None:  # set-up failed before the sinks were opened
                 StatusSink(self.folder, None, fingerprint=self.fingerprint, code=self.code).status(

@@ -1,12 +1,15 @@
 """Figure 6: convergence of the Hutchinson estimate of χ_net, and agreement across seeds.
 
-Top (per spec): on a trained model — the largest trained run of the spec (lowest seed) that was
+Top (per spec, two panels): on a trained model — the largest trained run of the spec (lowest seed) that was
 measured with plain Hutchinson (``measure.options: {readout: probed}``: probes through the head
 too, as the paper's estimator) — χ_net of one fixed batch of training samples is estimated
 ``DRAWS`` times independently at each number of probes K. The coefficient of variation is the
 standard deviation of those draws over their mean: measured, not the estimator's own standard
 error (which is √(Σ Var/K) by construction and so decays as K^−½ whatever happens); that one is
-drawn beside it as a check of its honesty. A power law is fitted to the measured CV.
+drawn beside it as a check of its honesty. A power law is fitted to the measured CV. The left
+panel shows the draws themselves against K, relative to the mean of all of them: the estimate
+closing in on one value; the right panel the CV and its fit (the paper's "top right": the CV at a
+given K and the fitted decay against the Hutchinson rate).
 
 Bottom (per spec): P of every seed of every size measured with Hutchinson during training, one
 thin line per seed: independent seeds should agree where the estimate is precise enough.
@@ -69,7 +72,8 @@ def repeated_draws(run: RunData, probes=PROBES, draws: int = DRAWS) -> dict:
         mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
         cv = std / mean
         by_k[k] = {"cv": cv, "cv_stderr": cv / math.sqrt(2 * (draws - 1)), "mean_chi_net": mean,
-                   "reported_relative_stderr": float(np.mean(reported)) if k > 1 else None}
+                   "reported_relative_stderr": float(np.mean(reported)) if k > 1 else None,
+                   "chi_net_draws": [float(v) for v in values]}
     ks = np.array(list(by_k), dtype=float)
     slope, intercept = np.polyfit(np.log(ks), np.log([by_k[k]["cv"] for k in by_k]), 1)
     return {"run": run.name, "parameters": run.parameters, "batch_samples": int(batch[0].shape[0]),
@@ -108,16 +112,45 @@ def summary_json(summary: dict) -> dict:
 
 
 def plot_hutchinson(summary: dict, path):
-    """Top row: the convergence panel of every spec that has one; bottom row: seed agreement."""
-    rows = [(name, summary[name]) for name in ("convergence", "seed_agreement") if summary[name]]
-    columns = max(len(entries) for _, entries in rows)
+    """Top row: the draws and the CV of every spec with a trained run; bottom row: seed agreement."""
+    rows = []
+    if summary["convergence"]:
+        rows.append([(draw, spec, entry) for spec, entry in sorted(summary["convergence"].items())
+                     for draw in (_draw_estimates, _draw_convergence)])
+    if summary["seed_agreement"]:
+        rows.append([(_draw_agreement, spec, entries) for spec, entries in sorted(summary["seed_agreement"].items())])
+    columns = max(len(panels) for panels in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(6 * columns, 4.2 * len(rows)), squeeze=False)
-    for row_axes, (name, entries) in zip(axes, rows):
-        for ax, (spec, entry) in zip(row_axes, sorted(entries.items())):
-            (_draw_convergence if name == "convergence" else _draw_agreement)(ax, spec, entry)
-        for ax in row_axes[len(entries):]:
+    for row_axes, panels in zip(axes, rows):
+        for ax, (draw, spec, entry) in zip(row_axes, panels):
+            draw(ax, spec, entry)
+        for ax in row_axes[len(panels):]:
             ax.set_axis_off()
     return save(fig, path)
+
+
+def pooled_mean(entry: dict) -> float:
+    """The mean of every probe drawn at every K (K probes per draw): the best estimate of χ_net."""
+    by_k = entry["by_probes"]
+    return sum(int(k) * v["mean_chi_net"] for k, v in by_k.items()) / sum(int(k) for k in by_k)
+
+
+def _draw_estimates(ax, spec: str, entry: dict) -> None:
+    reference = pooled_mean(entry)
+    ks = np.array([int(k) for k in entry["by_probes"]], dtype=float)
+    by_k = list(entry["by_probes"].values())
+    for k, v in zip(ks, by_k):
+        values = np.asarray(v.get("chi_net_draws", []), dtype=float) / reference
+        ax.plot(np.full(len(values), k), values, ".", color="gray", alpha=0.4, ms=4)
+    means = np.array([v["mean_chi_net"] for v in by_k]) / reference
+    sds = np.array([v["cv"] * v["mean_chi_net"] for v in by_k]) / reference
+    each = " (gray: each draw)" if any(v.get("chi_net_draws") for v in by_k) else ""
+    ax.errorbar(ks, means, yerr=sds, fmt="o", capsize=3, label=f"mean ± sd of {entry['draws']} draws{each}")
+    ax.axhline(1.0, color="black", lw=0.8, ls=":", label="mean of all draws at every K")
+    ax.set(xscale="log", xlabel="probes K", ylabel="χ_net estimate / mean of all draws",
+           title=f"{spec}: trained {entry['run']}, {entry['batch_samples']} training samples")
+    ax.title.set_fontsize(8)
+    legend(ax)
 
 
 def _draw_convergence(ax, spec: str, entry: dict) -> None:

@@ -38,7 +38,9 @@ class RayParams(BaseModel):
     address: str | None = Field(None, description=(
         "null: start a local Ray instance; 'auto', 'host:port' or 'ray://host:port': join that cluster."))
     cpus_per_run: float = Field(1, gt=0, description="CPUs Ray reserves for each run (its torch threads).")
-    gpus_per_run: float = Field(0, ge=0, description="GPUs Ray reserves for each run (use train.device: auto).")
+    gpus_per_run: float = Field(0, ge=0, description=(
+        "GPUs Ray reserves for each run (use train.device: auto). A run trained data-parallel on GPUs "
+        "(train.distributed.processes N, device cuda) needs N: one per process."))
     max_retries: int = Field(2, ge=0, description=(
         "Times Ray starts a run again after its worker or node died; it resumes from its last checkpoint."))
     local_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance (address null; default: all).")
@@ -75,6 +77,17 @@ def check_listening(address: str) -> None:
                           "(or null for a local instance)")
 
 
+def task_resources(run, params: RayParams) -> dict:
+    """What Ray reserves for a run's task: ``cpus_per_run`` CPUs (shared by the ranks of a data-parallel run)
+    and ``gpus_per_run`` GPUs, which must give each rank of a run trained on GPUs one of its own."""
+    processes = run.train.distributed.processes
+    if processes > 1 and run.train.device.startswith("cuda") and params.gpus_per_run < processes:
+        raise ValueError(f"run {run.name} trains data-parallel over {processes} processes with train.device "
+                         f"{run.train.device}, one GPU each, but execution.params.gpus_per_run is "
+                         f"{params.gpus_per_run:g}: set gpus_per_run: {processes} (or train.device: cpu)")
+    return {"num_cpus": params.cpus_per_run, "num_gpus": params.gpus_per_run}
+
+
 def run_task(run, threads: int, events=None):
     """The body of a run's Ray task (module-level, so that workers import it by name); its progress
     goes into ``events``, a Ray queue the driver reads."""
@@ -108,6 +121,8 @@ class RayExecutor(Executor):
         # crash's last words) comes as it was printed, without colour codes or "[repeated Nx]" summaries.
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        for run in runs:  # before Ray starts: a run that cannot get its GPUs is bad input
+            task_resources(run, params)
         ray = import_ray()
         plan = Plan(runs, done)
         started_here = not ray.is_initialized()
@@ -121,8 +136,7 @@ class RayExecutor(Executor):
                 check_listening(params.address)
                 ray.init(address=params.address, logging_level="warning")
         try:
-            task = ray.remote(run_task).options(num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run,
-                                                max_retries=params.max_retries, retry_exceptions=False)
+            task = ray.remote(run_task)
             from ray.util.queue import Queue
 
             events = Queue(actor_options={"num_cpus": 0})
@@ -145,7 +159,9 @@ class RayExecutor(Executor):
                     while (run := plan.next_ready()) is not None:
                         run.output_dir.mkdir(parents=True, exist_ok=True)
                         (run.output_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier Ctrl-C
-                        in_flight[task.remote(run, threads, events)] = run
+                        options = task.options(max_retries=params.max_retries, retry_exceptions=False,
+                                               **task_resources(run, params))
+                        in_flight[options.remote(run, threads, events)] = run
                 if not in_flight:
                     break
                 finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)

@@ -1,0 +1,43 @@
+"""How many Hutchinson probes the next measurement of a run draws, for a target relative standard error.
+
+Probe noise enters N alone (D and L are exact), and P = D / (L·N) inherits N's relative error, so
+one number decides: N's relative standard error, which falls like 1/√K. After each measurement the
+plan takes the K it used and the error it reached and sets the next K to what would have reached the
+target: K · (rse / target)², within [``MIN_PROBES``, ``max_probes``]. Early in training the kernel's
+diagonal is spread and K is large; a few dozen steps in, two probes are often enough.
+
+K is fixed before a measurement draws its probes, so that measurement's standard error is the
+ordinary one of K independent probes (no stopping on a lucky low estimate: the reported error stays
+honest, as at a fixed K). A single noisy estimate cannot collapse the plan: K at most halves per
+measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: The fewest probes that give a standard error at all (the sample variance needs two).
+MIN_PROBES = 2
+
+
+class ProbePlan:
+    def __init__(self, first: int, target_rse: float, max_probes: int):
+        if not 0 < target_rse < 1:
+            raise ValueError(f"target_rse must be in (0, 1), got {target_rse}")
+        self.target_rse, self.max_probes = target_rse, max(max_probes, MIN_PROBES)
+        self.next = min(max(first, MIN_PROBES), self.max_probes)
+
+    def update(self, probes: int, network_magnitude: float, stderr: float) -> None:
+        """After a measurement with ``probes`` probes whose N had this standard error."""
+        if not (math.isfinite(stderr) and network_magnitude > 0):
+            return  # nothing learned (an exact measurement, a vanishing N): keep the plan
+        rse = stderr / network_magnitude
+        wanted = math.ceil(probes * (rse / self.target_rse) ** 2)
+        self.next = min(max(wanted, math.ceil(probes / 2), MIN_PROBES), self.max_probes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next": self.next}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next = int(state["next"])
