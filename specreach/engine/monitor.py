@@ -254,7 +254,7 @@ class LNPMonitor:
                 self.sink.write(row)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
+        state: dict[str, Any] = {"probe_generator": self.probe_generator.get_state(), "pool_generator": self.pool_generator.get_state()}
         if self.probe_plan is not None:
             state["probe_plan"] = self.probe_plan.state_dict()
         return state

@@ -17,6 +17,8 @@ thin line per seed: independent seeds should agree where the estimate is precise
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from collections import defaultdict
 
@@ -60,7 +62,7 @@ def repeated_draws(run: RunData, probes=PROBES, draws: int = DRAWS) -> dict:
     measure = checkpoint.run_spec.measure
     batch = first_training_batch(checkpoint, measure.batch_size or checkpoint.run_spec.train.batch_size)
     _, options = _measured_with(run)
-    by_k = {}
+    by_k: dict[int, dict[str, Any]] = {}
     for k in probes:
         values, reported = [], []
         for draw in range(draws):
@@ -113,7 +115,7 @@ def summary_json(summary: dict) -> dict:
 
 def plot_hutchinson(summary: dict, path):
     """Top row: the draws and the CV of every spec with a trained run; bottom row: seed agreement."""
-    rows = []
+    rows: list[list[tuple[Any, str, Any]]] = []
     if summary["convergence"]:
         rows.append([(draw, spec, entry) for spec, entry in sorted(summary["convergence"].items())
                      for draw in (_draw_estimates, _draw_convergence)])
