@@ -17,10 +17,9 @@ thin line per seed: independent seeds should agree where the estimate is precise
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
