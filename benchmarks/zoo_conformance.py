@@ -331,6 +331,7 @@ TINY = dict(
     first_k_dense_replace=1, q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     rotary_dim=4, partial_rotary_factor=0.5, sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     decoder_start_token_id=1, type_vocab_size=2, layer_norm_eps=1e-5, rms_norm_eps=1e-6,
+    dim=16, hidden_dim=32, n_layers=2, n_heads=2,  # DistilBERT's names
 )
 HEADS = {
     "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",

@@ -140,3 +140,24 @@ def test_in_place_changes_of_recorded_outputs_are_measured_correctly(mlp):
     result = measure_lnp(model, loss_fn, batch)
     assert result.network_magnitude == pytest.approx(expected["network_magnitude"], rel=1e-9)
     assert model.act.inplace  # restored
+
+
+class CachesItsScaledWeight(torch.nn.Module):
+    """Keeps a tensor computed from its parameter from one forward to the next (as timm's LeViT keeps its
+    attention biases in eval mode): the second backward through it finds the graph freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 3)
+        self.cache = None
+
+    def forward(self, x):
+        if self.cache is None:
+            self.cache = 2 * self.linear.weight
+        return x @ self.cache.T
+
+
+def test_a_parameter_tensor_cached_across_forwards_is_refused_with_the_fix():
+    x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="reuses a tensor that an earlier forward computed from the parameters"):
+        measure_lnp(CachesItsScaledWeight(), F.cross_entropy, (x, y))

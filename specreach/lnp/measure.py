@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -161,11 +161,27 @@ def measure_lnp_at_step(
         step_forward=step_forward if step_forward is not None and grad_a is not None
         and step_forward.usable(outputs_a) else None,
     )
-    with untouched(model), measured_function(model):
+    with untouched(model), measured_function(model), _graphs_cached_across_forwards_refused():
         if verify and isinstance(est, PerSampleNormEstimator):
             with ranks.agreed() if ranks is not None else contextlib.nullcontext():  # each rank checks its shard
                 verify_once(model, loss_fn, batch_a, params=params, ignore_index=ignore_index, loss_mask=loss_mask_a)
         return est.measure(problem)
+
+
+@contextlib.contextmanager
+def _graphs_cached_across_forwards_refused() -> Iterator[None]:
+    """The measurement runs several forwards and backwards; a model that keeps a tensor computed from its
+    parameters from one forward to the next fails autograd's second backward through it. Say what it is."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "backward through the graph a second time" not in str(error):
+            raise
+        raise ValueError(
+            "the model's forward reuses a tensor that an earlier forward computed from the parameters (a cache kept "
+            "across calls, such as timm LeViT's attention-bias cache in eval mode), so gradients cannot reach those "
+            "parameters through it a second time. Recompute it in every forward to measure this model (for LeViT: a "
+            "forward pre-hook on each attention module that empties its attention_bias_cache)") from error
 
 
 def available_estimators() -> list[str]:

@@ -50,8 +50,11 @@ def convergence_runs(runs: list[RunData]) -> dict[str, RunData]:
     return chosen
 
 
-def repeated_draws(run: RunData, probes=PROBES, draws: int = DRAWS) -> dict:
-    """χ_net of one fixed batch, ``draws`` independent estimates at each K, on the trained model."""
+def repeated_draws(run: RunData, probes: tuple[int, ...] | None = None, draws: int | None = None) -> dict:
+    """χ_net of one fixed batch, ``draws`` independent estimates at each K, on the trained model
+    (default: ``PROBES`` and ``DRAWS``, read when called)."""
+    probes = PROBES if probes is None else probes
+    draws = DRAWS if draws is None else draws
     import torch
 
     from specreach import measure_lnp
@@ -100,7 +103,7 @@ def seed_agreement(runs: list[RunData]) -> dict[str, dict]:
     return dict(found)
 
 
-def hutchinson_summary(runs: list[RunData], probes=PROBES, draws: int = DRAWS) -> dict:
+def hutchinson_summary(runs: list[RunData], probes: tuple[int, ...] | None = None, draws: int | None = None) -> dict:
     return {"convergence": {spec: repeated_draws(run, probes, draws) for spec, run in convergence_runs(runs).items()},
             "seed_agreement": seed_agreement(runs)}
 
