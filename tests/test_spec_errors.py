@@ -374,7 +374,7 @@ def test_a_broken_spec_gets_every_problem_in_one_pass_each_once(tmp_path):
         f"{path}:6: data.kind: unknown data kind 'pydoc-txt' (did you mean 'pydoc-text'?)",
         f"{path}:10: sweep.train.lrr: no key 'lrr' in train (did you mean 'train.lr'?)",
         f"{path}:8: train.lr: Input should be greater than 0",
-        f"{path}:9: measure.foo: unknown key (valid: enabled, estimator, options, probes, schedule, validation_size, "
+        f"{path}:9: measure.foo: unknown key (valid: enabled, estimator, options, probes, target_rse, max_probes, schedule, validation_size, "
         "batch_size, cross_batch, fixed_batch, verify)",
     ]
 
