@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from specreach.lnp.probes import t_widening
+
 #: The fewest probes that give a standard error at all (the sample variance needs two).
 MIN_PROBES = 2
 
@@ -28,11 +30,13 @@ class ProbePlan:
         self.target_rse, self.max_probes = target_rse, max(max_probes, MIN_PROBES)
         self.next = min(max(first, MIN_PROBES), self.max_probes)
 
-    def update(self, probes: int, network_magnitude: float, stderr: float) -> None:
-        """After a measurement with ``probes`` probes whose N had this standard error."""
+    def update(self, probes: int, network_magnitude: float, stderr: float, dof: float = math.inf) -> None:
+        """After a measurement with ``probes`` probes whose N had this standard error, reported widened by
+        t_ν/z for ``dof`` degrees of freedom (see ``specreach.lnp.probes``): the plan takes the plain error,
+        which is what falls like 1/√K (the widening shrinks by itself as K grows)."""
         if not (math.isfinite(stderr) and network_magnitude > 0):
             return  # nothing learned (an exact measurement, a vanishing N): keep the plan
-        rse = stderr / network_magnitude
+        rse = stderr / t_widening(dof) / network_magnitude
         wanted = math.ceil(probes * (rse / self.target_rse) ** 2)
         self.next = min(max(wanted, math.ceil(probes / 2), MIN_PROBES), self.max_probes)
 
