@@ -11,6 +11,7 @@ import cases
 from specreach import LNPMonitor, measure_lnp
 from specreach.engine import MonitorConfig
 from specreach.engine.probe_plan import MIN_PROBES
+from specreach.lnp.probes import t_widening
 
 
 def _monitor_at_fixed_weights(case: str, target: float, measurements: int, first: int = 8, cap: int = 32):
@@ -28,13 +29,15 @@ def _monitor_at_fixed_weights(case: str, target: float, measurements: int, first
     return results, exact
 
 
-def test_each_k_is_the_one_that_would_have_reached_the_target_last_time(float64):
+def test_each_k_reaches_the_target_with_the_one_probe_error_averaged_so_far(float64):
     results, _ = _monitor_at_fixed_weights("llama", target=0.05, measurements=8)
     assert results[0].probes == 8
+    average = None
     for before, after in zip(results, results[1:]):
-        rse = before.network_magnitude_stderr / before.network_magnitude
-        planned = math.ceil(before.probes * (rse / 0.05) ** 2)
-        assert after.probes == min(max(planned, math.ceil(before.probes / 2), MIN_PROBES), 32)
+        dof = before.chi_net_a_dof if before.full_batch else min(before.chi_net_a_dof, before.chi_net_b_dof)
+        one_probe = (before.network_magnitude_stderr / t_widening(dof) / before.network_magnitude) ** 2 * before.probes
+        average = one_probe if average is None else (one_probe + average) / 2
+        assert after.probes == min(max(math.ceil(average / 0.05**2), MIN_PROBES), 32)
         assert after.extras["probes_a"] == after.probes
     assert len({r.probes for r in results}) > 1  # the plan moved
 

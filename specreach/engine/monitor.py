@@ -209,7 +209,8 @@ class LNPMonitor:
             )
             self.last_result = result
             if self.probe_plan is not None and result.probes is not None:
-                self.probe_plan.update(result.probes, result.network_magnitude, result.network_magnitude_stderr)
+                dof = result.chi_net_a_dof if result.full_batch else min(result.chi_net_a_dof, result.chi_net_b_dof)
+                self.probe_plan.update(result.probes, result.network_magnitude, result.network_magnitude_stderr, dof)
             row.update(window=self.schedule[step], **result.as_dict())
             if result.arrays and config.spectra_dir is not None:
                 self._save_spectrum(step, result)
