@@ -329,7 +329,7 @@ TINY = dict(
     num_labels=CLASSES, embedding_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
     num_experts=4, num_local_experts=4, num_experts_per_tok=2, n_routed_experts=4, n_shared_experts=1,
     first_k_dense_replace=1, q_lora_rank=8, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
-    rotary_dim=4, partial_rotary_factor=0.5, sliding_window=None, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    rotary_dim=4, partial_rotary_factor=0.5, sliding_window=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     decoder_start_token_id=1, type_vocab_size=2, layer_norm_eps=1e-5, rms_norm_eps=1e-6,
     dim=16, hidden_dim=32, n_layers=2, n_heads=2,  # DistilBERT's names
 )
@@ -471,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--library", nargs="+", default=["timm", "transformers"], choices=["timm", "transformers"])
     parser.add_argument("--only", nargs="*", help="families / model types to check (default: all)")
+    parser.add_argument("--skip", nargs="*", default=[], help="families / model types to leave out (listed as skipped)")
     parser.add_argument("--limit", type=int, help="at most this many cases per library")
     parser.add_argument("--timeout", type=int, default=240, help="seconds per model and stage")
     parser.add_argument("--max-params", type=int, default=15_000_000)
@@ -487,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only:
             cases = [c for c in cases if any(c.family == o or c.family.startswith(o + " ") for o in args.only)]
         for case in cases[:args.limit]:
-            outcome = check(case, args.timeout, args.max_params, args.probes)
+            left_out = any(case.family == s or case.family.startswith(s + " ") for s in args.skip)
+            outcome = (Outcome(case, "skipped", note="left out of this run (--skip)") if left_out
+                       else check(case, args.timeout, args.max_params, args.probes))
             outcomes.append(outcome)
             print(f"{library:12} {case.family:40.40} {outcome.verdict:8} {outcome.parameters:>12,} "
                   f"{outcome.seconds:7.1f}s {'' if math.isnan(outcome.fast_share) else f'{outcome.fast_share:4.0%}'} "
