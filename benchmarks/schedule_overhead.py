@@ -10,7 +10,9 @@ relative standard error of N (and so of P) each reached; the last line reads
 ``overhead: X.X % at RSE ≤ Y %``.
 
 Time is the process's CPU time on one thread, which other processes on a shared machine disturb far
-less than the wall clock. A run of ``--steps`` steps measures round(1.6 % of them): a tenth as
+less than the wall clock; the overhead on the last line compares each measured step with the median
+unmeasured step of the same run (the two runs' totals, also printed, drift apart on a busy machine
+by more than the measurements cost). A run of ``--steps`` steps measures round(1.6 % of them): a tenth as
 single initial steps, the rest in windows of about a tenth each.
 
     python benchmarks/schedule_overhead.py [--steps 2500] [--target-rse 0.02] [--probes 8]
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 import time
 
 import torch
@@ -53,8 +56,9 @@ class KeptRows(Sink):
         self.rows.append(row)
 
 
-def train(steps: int, config: MonitorConfig | None, data: PydocText, seed: int) -> tuple[float, list[dict]]:
-    """CPU seconds of ``steps`` AdamW steps, measured on ``config``'s schedule unless it is None; the rows."""
+def train(steps: int, config: MonitorConfig | None, data: PydocText, seed: int) -> tuple[list[float], list[dict]]:
+    """CPU seconds of each of ``steps`` AdamW steps, measured on ``config``'s schedule unless it is None;
+    the rows."""
     torch.manual_seed(seed)
     model = Llama(LlamaConfig(vocab=4096, layers=4, hidden=96, ff=256, heads=2, context=128))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
@@ -62,8 +66,9 @@ def train(steps: int, config: MonitorConfig | None, data: PydocText, seed: int) 
     monitor = None if config is None else LNPMonitor(model, token_cross_entropy, data.validation_pool(), config,
                                                      sink=kept)
     batches = (batch for epoch in itertools.count() for batch in data.train_batches(32, data_seed=seed + epoch))
-    start = time.process_time()
+    seconds = []
     for step in range(steps):
+        start = time.process_time()
         inputs, targets = next(batches)
         optimizer.zero_grad(set_to_none=True)
         if monitor is None:
@@ -80,9 +85,10 @@ def train(steps: int, config: MonitorConfig | None, data: PydocText, seed: int) 
         optimizer.step()
         if monitor is not None:
             monitor.after_update()
+        seconds.append(time.process_time() - start)
     if monitor is not None:
         monitor.flush()
-    return time.process_time() - start, kept.rows
+    return seconds, kept.rows
 
 
 def main() -> None:
@@ -100,8 +106,9 @@ def main() -> None:
     schedule = paper_like_schedule(args.steps)
     config = MonitorConfig(total_steps=args.steps, schedule=schedule, probes=args.probes, batch_size=32,
                            target_rse=None if args.fixed_k else args.target_rse, max_probes=args.max_probes)
-    bare, _ = train(args.steps, None, data, args.seed)
-    measured, records = train(args.steps, config, data, args.seed)
+    bare_steps, _ = train(args.steps, None, data, args.seed)
+    measured_steps, records = train(args.steps, config, data, args.seed)
+    bare, measured = sum(bare_steps), sum(measured_steps)
     rows = [r for r in records if isinstance(r.get("network_magnitude"), float) and math.isfinite(r["network_magnitude"])]
     print(f"model: Llama 4×96, FF 256, vocab 4096; batch 32, context 128; {args.steps} steps; "
           f"{len(rows)} measured ({len(rows) / args.steps:.1%}; the paper 1.6 %): {schedule}")
@@ -112,10 +119,15 @@ def main() -> None:
               f"{row['spectral_position']:11.3e}")
     worst = max(row["network_magnitude_stderr"] / row["network_magnitude"] for row in rows)
     mean_k = sum(row["probes_a"] for row in rows) / len(rows)
-    overhead = (measured - bare) / bare
-    print(f"CPU seconds: training alone {bare:.1f}, with measurement {measured:.1f}; mean K {mean_k:.1f}; "
-          f"per measurement {(measured - bare) / len(rows) / (bare / args.steps):.2f} training steps")
-    print(f"overhead: {overhead:.1%} at RSE ≤ {worst:.1%}")
+    # Within the measured run, each measured step against the median of its unmeasured steps: both
+    # see the same machine at the same time, which the two runs' totals (minutes apart) do not.
+    measured_at = {row["step"] for row in rows}
+    typical = statistics.median(t for step, t in enumerate(measured_steps) if step not in measured_at)
+    extra = sum(measured_steps[step] - typical for step in measured_at)
+    print(f"CPU seconds: training alone {bare:.1f}, with measurement {measured:.1f} "
+          f"(two runs: {(measured - bare) / bare:+.1%}); a step {typical:.3f}, mean K {mean_k:.1f}")
+    print(f"a measured step costs {extra / len(rows) / typical:.2f} training steps more than an unmeasured one")
+    print(f"overhead: {extra / (typical * args.steps):.1%} at RSE ≤ {worst:.1%}")
 
 
 if __name__ == "__main__":
