@@ -29,6 +29,7 @@ import collections
 import contextlib
 import math
 import re
+import resource
 import signal
 import sys
 import time
@@ -477,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-params", type=int, default=15_000_000)
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--markdown", type=Path, help="write the table here")
+    parser.add_argument("--max-memory-gb", type=float, default=6.0,
+                        help="the process's heap limit: a model that ignores the tiny sizes fails to build, not the machine")
     args = parser.parse_args(argv)
+    limit = int(args.max_memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     LIMITS["params"] = args.max_params
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(max(1, torch.get_num_threads()))
