@@ -136,7 +136,10 @@ class RayExecutor(Executor):
                 check_listening(params.address)
                 ray.init(address=params.address, logging_level="warning")
         try:
-            task = ray.remote(run_task)
+            # Every run's task asks for the same resources (checked per run above): one set of options, so
+            # that Ray reuses a finished task's worker for the next run.
+            task = ray.remote(run_task).options(max_retries=params.max_retries, retry_exceptions=False,
+                                                num_cpus=params.cpus_per_run, num_gpus=params.gpus_per_run)
             from ray.util.queue import Queue
 
             events = Queue(actor_options={"num_cpus": 0})
@@ -159,9 +162,7 @@ class RayExecutor(Executor):
                     while (run := plan.next_ready()) is not None:
                         run.output_dir.mkdir(parents=True, exist_ok=True)
                         (run.output_dir / STOP_FILE).unlink(missing_ok=True)  # left by an earlier Ctrl-C
-                        options = task.options(max_retries=params.max_retries, retry_exceptions=False,
-                                               **task_resources(run, params))
-                        in_flight[options.remote(run, threads, events)] = run
+                        in_flight[task.remote(run, threads, events)] = run
                 if not in_flight:
                     break
                 finished, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
