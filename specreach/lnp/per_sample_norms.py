@@ -432,7 +432,13 @@ def _looped_vjp(rule: RuleCall, dims, inputs, primals: dict[str, Tensor], backpr
             lambda d, v, sample=sample: v[sample] if d == 0 else v, dims, inputs, is_leaf=lambda d: d is None,
         )
         with torch.enable_grad():
-            output = torch.func.functional_call(call.module, leaves, args, kwargs)
+            try:
+                output = torch.func.functional_call(call.module, leaves, args, kwargs)
+            except RuntimeError as error:  # an input that holds the samples but could not be told apart
+                raise ValueError(
+                    f"module call '{call.name}' cannot be run on sample {i} alone ({error}), so its per-sample "
+                    "gradients cannot be taken on the fast path; measure this model with estimator='entk' (small "
+                    "models), and please report it") from error
             if not isinstance(output, Tensor) or not torch.allclose(
                     output.detach(), recorded[i:i + 1], rtol=tolerance, atol=tolerance * float(recorded.abs().max())):
                 raise ValueError(
