@@ -21,7 +21,8 @@ MEASURED = [0, 2, 3, 5]
 COMPONENTS = ("grad_dot", "loss_magnitude", "network_magnitude", "spectral_position", "loss_b")
 
 
-def _train(model, loss_fn, make_batch, pool, *, share: bool, tmp_path, name: str) -> tuple[list[dict], int]:
+def _train(model, loss_fn, make_batch, pool, *, share: bool, tmp_path, name: str,
+           step_scale: float = 1.0) -> tuple[list[dict], int]:
     """Six steps of a user's loop with the monitor; the rows and how many forwards the model ran."""
     torch.manual_seed(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -35,12 +36,12 @@ def _train(model, loss_fn, make_batch, pool, *, share: bool, tmp_path, name: str
         if share:
             with monitor.record_forward(step):
                 outputs = model(x)
-            loss = loss_fn(outputs, y)
+            loss = step_scale * loss_fn(outputs, y)
             monitor.keep(outputs, loss)
             loss.backward(retain_graph=monitor.shares_forward(step))
         else:
             outputs = model(x)
-            loss = loss_fn(outputs, y)
+            loss = step_scale * loss_fn(outputs, y)
             loss.backward()
         monitor.step(step, (x, y), loss, outputs=outputs)
         optimizer.step()
@@ -61,7 +62,7 @@ def _assert_same_rows(shared: list[dict], own: list[dict]) -> None:
             and math.isfinite(r["spectral_position"])] == MEASURED
 
 
-def _llama_run(tmp_path, dropout: float, share: bool):
+def _llama_run(tmp_path, dropout: float, share: bool, step_scale: float = 1.0):
     torch.manual_seed(1)
     model = Llama(LlamaConfig(vocab=32, layers=1, hidden=8, ff=16, heads=2, context=8)).double()
     if dropout:  # a user's model with dropout before the readout: training forwards draw random numbers
@@ -70,7 +71,8 @@ def _llama_run(tmp_path, dropout: float, share: bool):
     tokens = torch.randint(0, 32, (6 * 4 + 16, 9), generator=data)
     pool = (tokens[24:, :-1], tokens[24:, 1:])
     return _train(model, token_cross_entropy, lambda s: (tokens[4 * s:4 * s + 4, :-1], tokens[4 * s:4 * s + 4, 1:]),
-                  pool, share=share, tmp_path=tmp_path, name=f"llama{dropout}{share}")
+                  pool, share=share, tmp_path=tmp_path, name=f"llama{dropout}{share}{step_scale}",
+                  step_scale=step_scale)
 
 
 def test_a_recorded_step_forward_measures_the_same_with_one_forward_fewer(tmp_path):
@@ -80,6 +82,15 @@ def test_a_recorded_step_forward_measures_the_same_with_one_forward_fewer(tmp_pa
     # The first measured step compares the step's forward with the measured function's (once per
     # model); every later one takes A from the step.
     assert own_forwards - shared_forwards == len(MEASURED) - 1
+
+
+def test_a_step_whose_loss_is_not_the_measured_one_still_measures_the_measured_loss(tmp_path):
+    """A step that backpropagates half the loss (an accumulation scale): the measurement's g and L are the
+    measured loss's, with or without the step's forward."""
+    with pytest.warns(UserWarning, match="grad_a is not the gradient"):
+        shared, _ = _llama_run(tmp_path, dropout=0.0, share=True, step_scale=0.5)
+        own, _ = _llama_run(tmp_path, dropout=0.0, share=False, step_scale=0.5)
+    _assert_same_rows(shared, own)
 
 
 def test_a_step_with_dropout_is_not_the_measured_function_and_is_not_used(tmp_path):

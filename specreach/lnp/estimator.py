@@ -114,8 +114,10 @@ class PerSampleNormEstimator(Estimator):
             try:
                 with ranks.agreed() if ranks is not None else contextlib.nullcontext():
                     gradient: tuple[Tensor, ...] | None = None
-                    output_grad: Tensor | None = recorded.output_grad if recorded is not None else None
-                    loss_value: float | None = recorded.loss if recorded is not None else None
+                    # g and L always through loss_fn (cheap): the step's own loss may differ from the measured
+                    # one (a penalty, an accumulation scale), and would give them silently wrong.
+                    output_grad: Tensor | None = None
+                    loss_value: float | None = None
                     if ranks is not None and counts_nothing(problem.loss_fn, batch.targets, problem.ignore_index,
                                                             batch.loss_mask):
                         # a shard of nothing but ignored targets: no units, no part of g, L or N

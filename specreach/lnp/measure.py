@@ -118,7 +118,7 @@ def measure_lnp_at_step(
     dropout or in mixed precision it is recomputed on the measured function instead, and
     ``result.step_gradient_reused`` is False. ``step_forward``: the step's forward on A recorded with
     :func:`~specreach.lnp.step_forward.record_step_forward` (and its backward run with
-    ``retain_graph=True``), so that A's forward, g and L come from the step too; used where the step
+    ``retain_graph=True``), so that A's forward comes from the step too; used where the step
     computed the measured function (see :mod:`specreach.lnp.step_forward`).
 
     In a data-parallel run (``torch.distributed`` initialized with several ranks; ``process_group``

@@ -3,8 +3,9 @@
 At a measured step, a training loop runs its forward inside :func:`record_step_forward` and its
 backward with ``retain_graph=True``, and passes the recording to
 :func:`~specreach.lnp.measure.measure_lnp_at_step` (``step_forward=``). The measurement then takes A's
-recorded module calls and their graph, the outputs, the loss gradient g = ∂L/∂f (caught on its way
-through the step's backward) and the loss from the step, instead of computing them again::
+recorded module calls, their graph and the outputs from the step instead of running A's forward again.
+g = ∂L/∂f and L still come from ``loss_fn`` (a loss-only backward, cheap): the step's own loss may carry
+a penalty or an accumulation scale; what ``keep`` catches only shows that the step's backward ran::
 
     with record_step_forward(model) as recorded:
         logits = model(x)
